@@ -1,0 +1,79 @@
+use super::ModelArgs;
+use crate::model::Model;
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn info_json(m: &Model) -> serde_json::Value {
+    let c = &m.cfg;
+    json!({
+        "model": m.id,
+        "path": m.dir.display().to_string(),
+        "architecture": c.arch.name(),
+        "layers": c.n_layers,
+        "d_model": c.d_model,
+        "d_mlp": c.d_mlp,
+        "neurons_per_layer": c.d_mlp,
+        "total_neurons": c.d_mlp * c.n_layers,
+        "heads": c.n_heads,
+        "kv_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "context": c.n_ctx,
+        "has_lm_head": m.net.unembed.is_some(),
+        "hook_points": m.sites().iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let m = a.model.load()?;
+    let j = info_json(&m);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    let c = &m.cfg;
+    println!("model         {}", m.id);
+    println!("path          {}", m.dir.display());
+    println!("architecture  {}", c.arch.name());
+    println!("layers        {}", c.n_layers);
+    println!("d_model       {}", c.d_model);
+    println!("d_mlp         {} neurons per layer", c.d_mlp);
+    println!("neurons       {} in all", c.d_mlp * c.n_layers);
+    println!(
+        "heads         {} ({} key/value), head_dim {}",
+        c.n_heads, c.n_kv_heads, c.head_dim
+    );
+    println!("vocabulary    {}", c.vocab_size);
+    println!("context       {} tokens", c.n_ctx);
+    println!(
+        "LM head       {}",
+        if m.net.unembed.is_some() { "yes" } else { "no" }
+    );
+    let sites = m.sites();
+    println!("hook points   {} — per block:", sites.len());
+    for s in sites.iter().filter(|s| s.layer() == Some(0)) {
+        println!(
+            "                {}",
+            s.to_string().replacen("blocks.0.", "blocks.{l}.", 1)
+        );
+    }
+    println!(
+        "              and hook_embed{}",
+        if m.net.unembed.is_some() {
+            ", logits"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `ftri <verb>`: argument parsing and the human/JSON presentation of each stage's results.
+
+pub mod info;
+pub mod trace;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ftri",
+    version,
+    about = "functional Token Resonance Imaging: record, localize, describe, lesion and stimulate the neurons of transformers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Architecture, sizes, neuron count and hook points of a model
+    Info(info::InfoArgs),
+    /// Run one text and save every hook point's activations (and logits) to safetensors
+    Trace(trace::TraceArgs),
+}
+
+/// How to load the model; shared by every verb that runs one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json) or Hugging Face hub id
+    #[arg(long, short)]
+    pub model: String,
+    /// Compute dtype: f32 (default), bf16, f16, f64
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Worker threads for the CPU (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<crate::model::Model> {
+        if let Some(n) = self.threads {
+            set_threads(n);
+        }
+        let opts = crate::model::LoadOptions {
+            dtype: crate::model::parse_dtype(&self.dtype)?,
+            device: crate::model::parse_device(&self.device)?,
+        };
+        crate::model::Model::load(&self.model, &opts)
+    }
+}
+
+/// candle's CPU kernels read the thread count from the environment the first time they run.
+pub fn set_threads(n: usize) {
+    let n = n.max(1).to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &n);
+    std::env::set_var("CANDLE_NUM_THREADS", &n);
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Trace(a) => trace::run(a),
+    }
+}

@@ -1,0 +1,9 @@
+//! ftri — functional Token Resonance Imaging for transformers.
+//!
+//! Pipeline (see DESIGN.md): `model` loads checkpoints and runs them with hook points; later stages
+//! (corpus, record, atlas, analyze, intervene, serve) build on it; `cli` is a thin layer on top.
+
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod output;

@@ -1,0 +1,285 @@
+//! Hook points with TransformerLens names, and what a forward pass does at each: capture the value,
+//! change it (interventions), or neither. Sites nobody asked for cost one set lookup.
+
+use crate::error::user_error;
+use anyhow::Result;
+use candle_core::Tensor;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SiteKind {
+    ResidPre,
+    AttnOut,
+    ResidMid,
+    MlpPre,
+    MlpPreLinear,
+    MlpPost,
+    MlpOut,
+    ResidPost,
+}
+
+impl SiteKind {
+    pub const ALL: [SiteKind; 8] = [
+        SiteKind::ResidPre,
+        SiteKind::AttnOut,
+        SiteKind::ResidMid,
+        SiteKind::MlpPre,
+        SiteKind::MlpPreLinear,
+        SiteKind::MlpPost,
+        SiteKind::MlpOut,
+        SiteKind::ResidPost,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            SiteKind::ResidPre => "hook_resid_pre",
+            SiteKind::AttnOut => "hook_attn_out",
+            SiteKind::ResidMid => "hook_resid_mid",
+            SiteKind::MlpPre => "mlp.hook_pre",
+            SiteKind::MlpPreLinear => "mlp.hook_pre_linear",
+            SiteKind::MlpPost => "mlp.hook_post",
+            SiteKind::MlpOut => "hook_mlp_out",
+            SiteKind::ResidPost => "hook_resid_post",
+        }
+    }
+
+    pub fn from_suffix(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.suffix() == s)
+    }
+}
+
+/// A place in the forward pass. Ordered in the order the forward pass reaches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    Embed,
+    Block(usize, SiteKind),
+    Logits,
+}
+
+impl Site {
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            Site::Block(l, _) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Parse a TransformerLens name: `hook_embed`, `blocks.3.mlp.hook_post`, `logits`.
+    pub fn parse(name: &str) -> Option<Site> {
+        match name {
+            "hook_embed" => return Some(Site::Embed),
+            "logits" => return Some(Site::Logits),
+            _ => {}
+        }
+        let rest = name.strip_prefix("blocks.")?;
+        let (layer, suffix) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        Some(Site::Block(layer, SiteKind::from_suffix(suffix)?))
+    }
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Site::Embed => f.write_str("hook_embed"),
+            Site::Logits => f.write_str("logits"),
+            Site::Block(l, k) => write!(f, "blocks.{l}.{}", k.suffix()),
+        }
+    }
+}
+
+/// What an intervention does to the selected entries `h` of a site.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// h ← 0 (lesion)
+    Zero,
+    /// h ← f·h
+    Scale(f32),
+    /// h ← v (clamp)
+    Set(f32),
+    /// h ← h + v
+    Add(f32),
+    /// h ← values[unit] (e.g. the corpus mean of each unit); a vector over the site's dimension
+    SetPerUnit(Vec<f32>),
+    /// h ← h + vector (steering); a vector over the site's dimension
+    AddVector(Vec<f32>),
+    /// h ← replacement, a tensor shaped like the site's activation [batch, tokens, dim]
+    Replace(Tensor),
+}
+
+#[derive(Debug, Clone)]
+pub struct Intervention {
+    pub site: Site,
+    /// Units (last-dimension indices) to touch; `None` = all.
+    pub units: Option<Vec<usize>>,
+    /// Token positions to touch; `None` = all.
+    pub positions: Option<Vec<usize>>,
+    pub op: Op,
+}
+
+/// The hooks of one forward pass: which sites to capture and which to change.
+#[derive(Default)]
+pub struct HookSet {
+    capture: BTreeSet<Site>,
+    interventions: Vec<Intervention>,
+    captured: BTreeMap<Site, Tensor>,
+    /// Compute the logits even when nothing asks to capture them (a plain forward pass).
+    pub want_logits: bool,
+    /// Use only ops that carry gradients (candle's fused softmax/norm/rope silently drop them).
+    pub differentiable: bool,
+}
+
+impl HookSet {
+    pub fn new() -> Self {
+        Self {
+            want_logits: true,
+            ..Default::default()
+        }
+    }
+
+    /// Capture these sites; a forward pass then stops after the deepest layer it needs.
+    pub fn capturing(sites: impl IntoIterator<Item = Site>) -> Self {
+        let mut h = Self::new();
+        h.want_logits = false;
+        for s in sites {
+            h.capture(s);
+        }
+        h
+    }
+
+    pub fn capture(&mut self, site: Site) {
+        if site == Site::Logits {
+            self.want_logits = true;
+        }
+        self.capture.insert(site);
+    }
+
+    pub fn intervene(&mut self, iv: Intervention) {
+        self.interventions.push(iv);
+    }
+
+    pub fn interventions(&self) -> &[Intervention] {
+        &self.interventions
+    }
+
+    /// The last layer whose output anything depends on, or `None` when the whole model must run.
+    pub fn stop_after_layer(&self) -> Option<usize> {
+        if self.want_logits || self.capture.contains(&Site::Logits) {
+            return None;
+        }
+        self.capture.iter().map(|s| s.layer().unwrap_or(0)).max()
+    }
+
+    pub fn is_active(&self, site: Site) -> bool {
+        self.capture.contains(&site) || self.interventions.iter().any(|iv| iv.site == site)
+    }
+
+    /// Apply the interventions registered at `site`, then capture the result if asked.
+    pub fn apply(&mut self, site: Site, x: Tensor) -> Result<Tensor> {
+        if !self.is_active(site) {
+            return Ok(x);
+        }
+        let mut x = x;
+        for iv in self.interventions.iter().filter(|iv| iv.site == site) {
+            x = apply_intervention(&x, iv)?;
+        }
+        if self.capture.contains(&site) {
+            self.captured.insert(site, x.clone());
+        }
+        Ok(x)
+    }
+
+    pub fn get(&self, site: Site) -> Option<&Tensor> {
+        self.captured.get(&site)
+    }
+
+    pub fn take(&mut self, site: Site) -> Option<Tensor> {
+        self.captured.remove(&site)
+    }
+
+    pub fn take_all(&mut self) -> BTreeMap<Site, Tensor> {
+        std::mem::take(&mut self.captured)
+    }
+}
+
+/// A 0/1 mask [1, T, D] of the entries an intervention touches.
+fn selection_mask(x: &Tensor, iv: &Intervention) -> Result<Option<Tensor>> {
+    let (_, t, d) = x.dims3()?;
+    if iv.units.is_none() && iv.positions.is_none() {
+        return Ok(None);
+    }
+    let mut unit_sel = vec![iv.units.is_none() as u8 as f32; d];
+    if let Some(units) = &iv.units {
+        for &u in units {
+            if u >= d {
+                return Err(user_error(format!(
+                    "{}: unit {u} out of range (the site has {d} units)",
+                    iv.site
+                )));
+            }
+            unit_sel[u] = 1.0;
+        }
+    }
+    let mut pos_sel = vec![iv.positions.is_none() as u8 as f32; t];
+    if let Some(positions) = &iv.positions {
+        for &p in positions {
+            // A position past this batch's length simply selects nothing, as for a shorter prompt.
+            if p < t {
+                pos_sel[p] = 1.0;
+            }
+        }
+    }
+    let mask: Vec<f32> = pos_sel
+        .iter()
+        .flat_map(|p| unit_sel.iter().map(move |u| p * u))
+        .collect();
+    Ok(Some(
+        Tensor::from_vec(mask, (1, t, d), x.device())?.to_dtype(x.dtype())?,
+    ))
+}
+
+fn vector(x: &Tensor, v: &[f32], site: Site) -> Result<Tensor> {
+    let d = x.dim(2)?;
+    if v.len() != d {
+        return Err(user_error(format!(
+            "{site}: vector has {} values but the site has {d} units",
+            v.len()
+        )));
+    }
+    Ok(Tensor::from_slice(v, d, x.device())?.to_dtype(x.dtype())?)
+}
+
+/// h' = h·(1−m) + m·f(h), which reduces to f(h) when everything is selected. Written with plain
+/// tensor ops so gradients flow through interventions too.
+pub fn apply_intervention(x: &Tensor, iv: &Intervention) -> Result<Tensor> {
+    let mask = selection_mask(x, iv)?;
+    let new = match &iv.op {
+        Op::Zero => x.zeros_like()?,
+        Op::Scale(f) => (x * (*f as f64))?,
+        Op::Set(v) => (x.zeros_like()? + (*v as f64))?,
+        Op::Add(v) => (x + (*v as f64))?,
+        Op::SetPerUnit(v) => vector(x, v, iv.site)?
+            .broadcast_as(x.shape())?
+            .contiguous()?,
+        Op::AddVector(v) => x.broadcast_add(&vector(x, v, iv.site)?)?,
+        Op::Replace(r) => {
+            if r.dims() != x.dims() {
+                return Err(user_error(format!(
+                    "{}: replacement has shape {:?} but the activation has {:?}",
+                    iv.site,
+                    r.dims(),
+                    x.dims()
+                )));
+            }
+            r.to_dtype(x.dtype())?
+        }
+    };
+    Ok(match mask {
+        None => new,
+        Some(m) => {
+            let keep = (1.0 - &m)?;
+            (x.broadcast_mul(&keep)? + new.broadcast_mul(&m)?)?
+        }
+    })
+}

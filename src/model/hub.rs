@@ -1,0 +1,81 @@
+//! `--model` accepts a local checkpoint directory or a Hugging Face hub id (`org/name[@revision]`).
+//! Hub ids resolve through the standard cache layout shared with Python's `huggingface_hub`:
+//! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+
+use crate::error::user_error;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+pub fn hub_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+fn looks_like_hub_id(spec: &str) -> bool {
+    let id = spec.split('@').next().unwrap_or("");
+    let parts: Vec<&str> = id.split('/').collect();
+    !spec.starts_with('.')
+        && !spec.starts_with('/')
+        && (parts.len() == 1 || parts.len() == 2)
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// Resolve `spec` to a directory holding config.json, tokenizer.json and the safetensors files.
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        return Err(user_error(format!(
+            "{spec}: not a directory (give the checkpoint folder that holds config.json)"
+        )));
+    }
+    if !looks_like_hub_id(spec) {
+        return Err(user_error(format!("{spec}: no such directory")));
+    }
+    let (id, revision) = match spec.split_once('@') {
+        Some((id, rev)) => (id, rev),
+        None => (spec, "main"),
+    };
+    let cache = hub_cache_dir();
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
+    let snapshot = if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        Some(revision.to_string())
+    } else {
+        std::fs::read_to_string(repo.join("refs").join(revision))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if let Some(rev) = snapshot {
+        let dir = repo.join("snapshots").join(rev);
+        if dir.join("config.json").exists() {
+            return Ok(dir);
+        }
+    }
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    let why = if offline {
+        "HF_HUB_OFFLINE is set"
+    } else {
+        "ftri does not download models itself yet"
+    };
+    Err(user_error(format!(
+        "{spec}: not a local directory and not in the Hugging Face cache at {} ({why}); \
+         download it first, e.g. `huggingface-cli download {id}`, or pass a local checkpoint folder",
+        cache.display()
+    )))
+}

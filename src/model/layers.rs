@@ -1,0 +1,209 @@
+//! The pieces every architecture is built from. Each has a fused path for inference and a plain-op
+//! path for when gradients are needed (candle's fused softmax/norm/rope carry no gradient).
+
+use super::config::{Activation, RopeConfig, RopeScaling};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+
+/// y = x·W + b with W stored [in, out] (transposed once at load).
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap();
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((n, in_dim))?;
+        let mut y = x2.matmul(&self.w)?;
+        if let Some(b) = &self.b {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.w.dim(1)?;
+        Ok(y.reshape(out)?)
+    }
+
+    /// Projections of the same input side by side, so q, k and v cost one matmul instead of three.
+    pub fn concat(parts: &[Linear]) -> Result<Linear> {
+        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.w).collect();
+        let bs: Vec<&Tensor> = parts.iter().filter_map(|p| p.b.as_ref()).collect();
+        Ok(Linear {
+            w: Tensor::cat(&ws, 1)?,
+            b: if bs.len() == parts.len() {
+                Some(Tensor::cat(&bs, 0)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.w.dims()[1]
+    }
+}
+
+pub enum Norm {
+    Layer { w: Tensor, b: Tensor, eps: f32 },
+    Rms { w: Tensor, eps: f32 },
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        Ok(match (self, differentiable) {
+            (Norm::Layer { w, b, eps }, false) => {
+                candle_nn::ops::layer_norm(&x.contiguous()?, w, b, *eps)?
+            }
+            (Norm::Layer { w, b, eps }, true) => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + *eps as f64)?.sqrt()?)?
+                    .broadcast_mul(w)?
+                    .broadcast_add(b)?
+            }
+            (Norm::Rms { w, eps }, false) => candle_nn::ops::rms_norm(&x.contiguous()?, w, *eps)?,
+            (Norm::Rms { w, eps }, true) => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + *eps as f64)?.sqrt()?)?
+                    .broadcast_mul(w)?
+            }
+        })
+    }
+
+    /// The gain vector (used by `describe` to fold the final norm into the unembedding).
+    pub fn gain(&self) -> &Tensor {
+        match self {
+            Norm::Layer { w, .. } | Norm::Rms { w, .. } => w,
+        }
+    }
+}
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// Rotary position embedding tables, rotating the first `rotary_dims` of each head (rotate-half
+/// convention, as in transformers' Llama and GPT-NeoX).
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dims: usize,
+}
+
+impl Rope {
+    pub fn new(cfg: &RopeConfig, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let dim = cfg.rotary_dims;
+        // transformers computes inv_freq in f32: 1 / theta^(2i/dim)
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| (1.0 / cfg.theta.powf((2 * i) as f64 / dim as f64)) as f32)
+            .collect();
+        match cfg.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor as f32),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
+                let low_wavelen = original_max_position / low_freq_factor;
+                let high_wavelen = original_max_position / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let fv = *f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / fv;
+                    let scaled = if wavelen > low_wavelen {
+                        fv / factor
+                    } else {
+                        fv
+                    };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let out = if medium {
+                        let smooth = (original_max_position / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                    *f = out as f32;
+                }
+            }
+        }
+        let n = inv_freq.len();
+        let inv = Tensor::from_vec(inv_freq, (1, n), device)?;
+        let pos = Tensor::arange(0u32, max_pos as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_pos, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            rotary_dims: dim,
+        })
+    }
+
+    /// x: [B, H, T, Dh] contiguous.
+    pub fn apply(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        let (_, _, t, dh) = x.dims4()?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let rotate = |x: &Tensor| -> Result<Tensor> {
+            Ok(if differentiable {
+                candle_nn::rotary_emb::rope_slow(x, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?
+            })
+        };
+        if self.rotary_dims == dh {
+            return rotate(x);
+        }
+        let rot = rotate(&x.narrow(D::Minus1, 0, self.rotary_dims)?)?;
+        let pass = x.narrow(D::Minus1, self.rotary_dims, dh - self.rotary_dims)?;
+        Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
+    }
+}
+
+pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    Ok(if differentiable {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)?
+    })
+}
+
+/// Additive attention mask [B or 1, 1, T, T]: 0 where a query may attend a key, a large negative
+/// number elsewhere (causal, key padding, and Mistral's sliding window). `None` when nothing is masked.
+pub fn attention_mask(
+    lengths: &[usize],
+    t: usize,
+    causal: bool,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let padded = lengths.iter().any(|&l| l < t);
+    if !causal && !padded {
+        return Ok(None);
+    }
+    const NEG: f32 = -1e30;
+    let b = if padded { lengths.len() } else { 1 };
+    let mut m = vec![0f32; b * t * t];
+    for (bi, chunk) in m.chunks_mut(t * t).enumerate() {
+        let len = if padded { lengths[bi] } else { t };
+        for q in 0..t {
+            for k in 0..t {
+                let outside_window = window.is_some_and(|w| q >= k + w);
+                if (causal && k > q) || k >= len || outside_window {
+                    chunk[q * t + k] = NEG;
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (b, 1, t, t), device)?))
+}

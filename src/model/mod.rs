@@ -1,0 +1,170 @@
+//! The `model` stage: load a Hugging Face checkpoint (config.json + safetensors + tokenizer.json)
+//! and run it with TransformerLens-named hook points.
+
+pub mod bert;
+pub mod config;
+pub mod gpt2;
+pub mod hooks;
+pub mod hub;
+pub mod layers;
+pub mod llama;
+pub mod neox;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use hooks::{HookSet, Intervention, Op, Site, SiteKind};
+pub use tokenizer::Tokenizer;
+pub use transformer::{Batch, Transformer};
+
+use crate::error::user_error;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use layers::Rope;
+use std::path::PathBuf;
+use weights::WeightStore;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Parse `--dtype`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    Ok(match s {
+        "f32" | "float32" => DType::F32,
+        "f16" | "float16" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f64" | "float64" => DType::F64,
+        other => {
+            return Err(user_error(format!(
+                "unknown dtype `{other}` (choose f32, f16, bf16 or f64)"
+            )))
+        }
+    })
+}
+
+/// Parse `--device`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(|o| o.parse::<usize>())
+                .transpose()
+                .map_err(|_| user_error(format!("bad device `{s}` (use cpu, cuda or cuda:N)")))?;
+            Device::new_cuda(ordinal.unwrap_or(0)).map_err(|e| {
+                user_error(format!(
+                    "cannot use {s}: {e} (was ftri built with `--features cuda`?)"
+                ))
+            })
+        }
+        other => Err(user_error(format!(
+            "unknown device `{other}` (use cpu, cuda or cuda:N)"
+        ))),
+    }
+}
+
+pub struct Model {
+    /// What the user passed as `--model`.
+    pub id: String,
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub net: Transformer,
+}
+
+impl Model {
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        let dir = hub::resolve_model_dir(spec)?;
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let mut ws = WeightStore::open(&dir, &opts.device, opts.dtype)?;
+        let (embed, blocks, final_norm, unembed) = match cfg.arch {
+            Arch::Gpt2 => gpt2::load(&cfg, &mut ws)?,
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 => llama::load(&cfg, &mut ws)?,
+            Arch::GptNeox => neox::load(&cfg, &mut ws)?,
+            Arch::Bert => bert::load(&cfg, &mut ws)?,
+        };
+        let rope = match &cfg.rope {
+            Some(r) => Some(Rope::new(r, cfg.n_ctx, &opts.device, opts.dtype)?),
+            None => None,
+        };
+        let net = Transformer {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            final_norm,
+            unembed,
+            rope,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+        };
+        Ok(Self {
+            id: spec.to_string(),
+            dir,
+            cfg,
+            tokenizer,
+            net,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.net.device
+    }
+
+    pub fn sites(&self) -> Vec<Site> {
+        self.net.sites()
+    }
+
+    pub fn site_dim(&self, site: Site) -> usize {
+        self.net.site_dim(site)
+    }
+
+    /// Parse a hook name and check that this model has it.
+    pub fn parse_site(&self, name: &str) -> Result<Site> {
+        let site =
+            Site::parse(name).ok_or_else(|| user_error(format!("unknown hook point `{name}`")))?;
+        if !self.sites().contains(&site) {
+            return Err(user_error(format!(
+                "this {} model has no hook point `{name}` ({} layers)",
+                self.cfg.arch.name(),
+                self.cfg.n_layers
+            )));
+        }
+        Ok(site)
+    }
+
+    /// Tokenize a text with the tokenizer's default special tokens, checking it fits the context.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(text)?;
+        if ids.len() > self.cfg.n_ctx {
+            return Err(user_error(format!(
+                "the text has {} tokens but the model's context is {} tokens",
+                ids.len(),
+                self.cfg.n_ctx
+            )));
+        }
+        Ok(ids)
+    }
+
+    pub fn batch(&self, seqs: &[Vec<u32>]) -> Result<Batch> {
+        Batch::new(seqs, self.tokenizer.pad_id(), self.device())
+    }
+
+    pub fn forward(&self, batch: &Batch, hooks: &mut HookSet) -> Result<Option<Tensor>> {
+        self.net.forward(batch, hooks)
+    }
+}

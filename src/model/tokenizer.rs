@@ -1,0 +1,75 @@
+//! `tokenizer.json` through the `tokenizers` crate, set up to behave like transformers'
+//! `tokenizer(text)`: default special tokens on, and no padding/truncation baked into the file
+//! (MiniLM's tokenizer.json, for one, pads and truncates to 128).
+
+use crate::error::user_error;
+use anyhow::Result;
+use std::path::Path;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(user_error(format!(
+                "{}: missing tokenizer.json",
+                path.display()
+            )));
+        }
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| user_error(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| user_error(format!("{}: {e}", path.display())))?;
+        Ok(Self { inner })
+    }
+
+    /// Token ids with the tokenizer's default special tokens (BOS for Llama, [CLS]/[SEP] for BERT).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| user_error(format!("cannot tokenize text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a continuation: no special tokens (used for targets appended to a prompt).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| user_error(format!("cannot tokenize text: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_default()
+    }
+
+    /// One token's text as the model sees it (`Ġthe` shown as ` the`).
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner
+            .decode(&[id], false)
+            .unwrap_or_else(|_| format!("<{id}>"))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, tok: &str) -> Option<u32> {
+        self.inner.token_to_id(tok)
+    }
+
+    /// The id used to pad batches: the tokenizer's [PAD]/<pad> if it has one, else 0.
+    /// Padded positions are masked, so the choice never changes a real token's activations.
+    pub fn pad_id(&self) -> u32 {
+        ["[PAD]", "<pad>", "<|padding|>", "<|endoftext|>"]
+            .iter()
+            .find_map(|t| self.inner.token_to_id(t))
+            .unwrap_or(0)
+    }
+}

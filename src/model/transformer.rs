@@ -1,0 +1,292 @@
+//! One forward pass for every supported architecture. The architectures differ only in how their
+//! checkpoints name and lay out weights (see `gpt2.rs`, `llama.rs`, `neox.rs`, `bert.rs`) and in a
+//! few switches from `ModelConfig` (norm kind, gated MLP, rotary, residual wiring).
+
+use super::config::{ModelConfig, Residual};
+use super::hooks::{HookSet, Site, SiteKind};
+use super::layers::{activate, attention_mask, softmax_last, Linear, Norm, Rope};
+use crate::error::user_error;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+pub struct Attention {
+    /// q, k and v projections fused into one [d_model, (H + 2·Hkv)·Dh] matrix.
+    pub qkv: Linear,
+    pub o: Linear,
+}
+
+pub struct Mlp {
+    /// c_fc / dense_h_to_4h, or the gate projection of a gated MLP (`mlp.hook_pre`).
+    pub pre: Linear,
+    /// The up projection of a gated MLP (`mlp.hook_pre_linear`).
+    pub up: Option<Linear>,
+    pub down: Linear,
+}
+
+pub struct Block {
+    /// Pre-attention norm; for post-LN (BERT) the norm applied after the attention residual.
+    pub ln1: Norm,
+    pub attn: Attention,
+    /// Pre-MLP norm; for post-LN the norm applied after the MLP residual.
+    pub ln2: Norm,
+    pub mlp: Mlp,
+}
+
+pub struct Embeddings {
+    pub tok: Tensor,
+    pub pos: Option<Tensor>,
+    pub token_type: Option<Tensor>,
+    pub norm: Option<Norm>,
+}
+
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    pub embed: Embeddings,
+    pub blocks: Vec<Block>,
+    pub final_norm: Option<Norm>,
+    /// [vocab, d_model]; `None` for encoders without an LM head.
+    pub unembed: Option<Tensor>,
+    pub rope: Option<Rope>,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// Token ids of several sequences, right-padded to one length. Padding is masked out of attention,
+/// so each sequence's activations equal those of running it alone.
+pub struct Batch {
+    pub ids: Tensor,
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    pub fn new(seqs: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+            return Err(user_error(
+                "cannot run an empty sequence (the text has no tokens)",
+            ));
+        }
+        let t = seqs.iter().map(|s| s.len()).max().unwrap();
+        let mut flat = Vec::with_capacity(seqs.len() * t);
+        for s in seqs {
+            flat.extend_from_slice(s);
+            flat.extend(std::iter::repeat_n(pad_id, t - s.len()));
+        }
+        Ok(Self {
+            ids: Tensor::from_vec(flat, (seqs.len(), t), device)?,
+            lengths: seqs.iter().map(|s| s.len()).collect(),
+        })
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.lengths.len(), self.ids.dim(1).unwrap_or(0))
+    }
+}
+
+impl Transformer {
+    pub fn site_dim(&self, site: Site) -> usize {
+        match site {
+            Site::Embed => self.cfg.d_model,
+            Site::Logits => self.cfg.vocab_size,
+            Site::Block(_, k) => match k {
+                SiteKind::MlpPre | SiteKind::MlpPreLinear | SiteKind::MlpPost => self.cfg.d_mlp,
+                _ => self.cfg.d_model,
+            },
+        }
+    }
+
+    /// Every hook point this model has, in forward order.
+    pub fn sites(&self) -> Vec<Site> {
+        let mut out = vec![Site::Embed];
+        for l in 0..self.cfg.n_layers {
+            for k in SiteKind::ALL {
+                let present = match k {
+                    SiteKind::ResidMid => self.cfg.residual != Residual::Parallel,
+                    SiteKind::MlpPreLinear => self.cfg.gated_mlp,
+                    _ => true,
+                };
+                if present {
+                    out.push(Site::Block(l, k));
+                }
+            }
+        }
+        if self.unembed.is_some() {
+            out.push(Site::Logits);
+        }
+        out
+    }
+
+    fn check_input(&self, batch: &Batch) -> Result<()> {
+        let (_, t) = batch.dims();
+        if t > self.cfg.n_ctx {
+            return Err(user_error(format!(
+                "the text has {t} tokens but the model's context is {} tokens",
+                self.cfg.n_ctx
+            )));
+        }
+        let max = batch.ids.max_all()?.to_scalar::<u32>()? as usize;
+        if max >= self.cfg.vocab_size {
+            return Err(user_error(format!(
+                "token id {max} is outside the model's vocabulary of {} (does tokenizer.json belong to this model?)",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run the model. Returns the logits [B, T, vocab] when they are computed (a model with an LM
+    /// head and hooks that need them), `None` when the pass stopped early.
+    pub fn forward(&self, batch: &Batch, hooks: &mut HookSet) -> Result<Option<Tensor>> {
+        self.check_input(batch)?;
+        let (b, t) = batch.dims();
+        let diff = hooks.differentiable;
+        let stop = hooks.stop_after_layer();
+
+        let flat = batch.ids.flatten_all()?;
+        let tok = self
+            .embed
+            .tok
+            .embedding(&flat)?
+            .reshape((b, t, self.cfg.d_model))?;
+        let tok = hooks.apply(Site::Embed, tok)?;
+        let mut x = tok;
+        if let Some(pos) = &self.embed.pos {
+            x = x.broadcast_add(&pos.narrow(0, 0, t)?)?;
+        }
+        if let Some(tt) = &self.embed.token_type {
+            // single-segment input: token type 0 everywhere
+            x = x.broadcast_add(&tt.narrow(0, 0, 1)?)?;
+        }
+        if let Some(n) = &self.embed.norm {
+            x = n.forward(&x, diff)?;
+        }
+
+        let causal = self.cfg.residual != Residual::PostLn;
+        let mask = attention_mask(
+            &batch.lengths,
+            t,
+            causal,
+            self.cfg.sliding_window,
+            &self.device,
+        )?
+        .map(|m| m.to_dtype(self.dtype))
+        .transpose()?;
+
+        for (l, block) in self.blocks.iter().enumerate() {
+            x = hooks.apply(Site::Block(l, SiteKind::ResidPre), x)?;
+            x = match self.cfg.residual {
+                Residual::Sequential => {
+                    let a = self.attention(
+                        l,
+                        block,
+                        &block.ln1.forward(&x, diff)?,
+                        mask.as_ref(),
+                        diff,
+                    )?;
+                    let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
+                    let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), (x + a)?)?;
+                    let m = self.mlp(l, block, &block.ln2.forward(&mid, diff)?, hooks)?;
+                    (mid + m)?
+                }
+                Residual::Parallel => {
+                    let a = self.attention(
+                        l,
+                        block,
+                        &block.ln1.forward(&x, diff)?,
+                        mask.as_ref(),
+                        diff,
+                    )?;
+                    let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
+                    let m = self.mlp(l, block, &block.ln2.forward(&x, diff)?, hooks)?;
+                    ((x + a)? + m)?
+                }
+                Residual::PostLn => {
+                    let a = self.attention(l, block, &x, mask.as_ref(), diff)?;
+                    let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
+                    let mid = block.ln1.forward(&(a + x)?, diff)?;
+                    let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
+                    let m = self.mlp(l, block, &mid, hooks)?;
+                    block.ln2.forward(&(m + mid)?, diff)?
+                }
+            };
+            x = hooks.apply(Site::Block(l, SiteKind::ResidPost), x)?;
+            if stop.is_some_and(|s| l >= s) {
+                return Ok(None);
+            }
+        }
+
+        let (Some(norm), Some(unembed)) = (&self.final_norm, &self.unembed) else {
+            return Ok(None);
+        };
+        let x = norm.forward(&x, diff)?;
+        let logits = x
+            .reshape((b * t, self.cfg.d_model))?
+            .matmul(&unembed.t()?)?
+            .reshape((b, t, self.cfg.vocab_size))?;
+        let logits = hooks.apply(Site::Logits, logits)?;
+        Ok(Some(logits))
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        block: &Block,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        diff: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, hkv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let qkv = block.attn.qkv.forward(x)?;
+        let split = |start: usize, heads: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, start, heads * dh)?
+                .reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = split(0, h)?;
+        let mut k = split(h * dh, hkv)?;
+        let v = split((h + hkv) * dh, hkv)?;
+        if let Some(rope) = &self.rope {
+            q = rope.apply(&q, diff)?;
+            k = rope.apply(&k, diff)?;
+        }
+        let mut scale = 1.0 / (dh as f64).sqrt();
+        if self.cfg.scale_attn_by_layer {
+            scale /= (l + 1) as f64;
+        }
+        // Grouped-query attention without copying k/v: the n_rep query heads that share one
+        // key/value head are consecutive, so they fold into the row dimension of one matmul.
+        let n_rep = h / hkv;
+        let qg = q.contiguous()?.reshape((b, hkv, n_rep * t, dh))?;
+        let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, t))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last(&scores, diff)?.reshape((b, hkv, n_rep * t, t))?;
+        let ctx = probs
+            .matmul(&v)?
+            .reshape((b, h, t, dh))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * dh))?;
+        block.attn.o.forward(&ctx)
+    }
+
+    fn mlp(&self, l: usize, block: &Block, x: &Tensor, hooks: &mut HookSet) -> Result<Tensor> {
+        let pre = hooks.apply(Site::Block(l, SiteKind::MlpPre), block.mlp.pre.forward(x)?)?;
+        let mut post = activate(&pre, self.cfg.act)?;
+        if let Some(up) = &block.mlp.up {
+            let lin = hooks.apply(Site::Block(l, SiteKind::MlpPreLinear), up.forward(x)?)?;
+            post = (post * lin)?;
+        }
+        let post = hooks.apply(Site::Block(l, SiteKind::MlpPost), post)?;
+        hooks.apply(
+            Site::Block(l, SiteKind::MlpOut),
+            block.mlp.down.forward(&post)?,
+        )
+    }
+}
+
+/// What an architecture's loader hands back: embeddings, blocks, final norm, unembedding.
+pub type Parts = (Embeddings, Vec<Block>, Option<Norm>, Option<Tensor>);
