@@ -1,6 +1,8 @@
 //! `ftri <verb>`: argument parsing and the human/JSON presentation of each stage's results.
 
+pub mod bench;
 pub mod info;
+pub mod plant;
 pub mod trace;
 
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +24,10 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Run one text and save every hook point's activations (and logits) to safetensors
     Trace(trace::TraceArgs),
+    /// Write a synthetic checkpoint (random weights, Hugging Face layout)
+    Plant(plant::PlantArgs),
+    /// Throughput and peak memory of capturing hook points; the machine's matmul GFLOP/s
+    Bench(bench::BenchArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -65,5 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Trace(a) => trace::run(a),
+        Command::Plant(a) => plant::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

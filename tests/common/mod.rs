@@ -1,0 +1,59 @@
+//! Shared helpers for the integration tests: fixture paths, safetensors reading, tolerances.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+pub fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn load_metadata(path: &Path) -> HashMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
+/// max |a − e|, and whether it is within 1e-4 + 1e-3·max|e| (the parity criterion).
+pub fn close(actual: &Tensor, expected: &Tensor) -> (f32, f32, bool) {
+    assert_eq!(actual.dims(), expected.dims(), "shape");
+    let a = actual
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let e = expected
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_diff = a
+        .iter()
+        .zip(&e)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let max_e = e.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    let tol = 1e-4 + 1e-3 * max_e;
+    (
+        max_diff,
+        tol,
+        max_diff <= tol && a.iter().all(|x| x.is_finite()),
+    )
+}
+
+pub fn ftri_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ftri")
+}

