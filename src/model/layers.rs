@@ -12,15 +12,25 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap();
-        let n: usize = dims[..dims.len() - 1].iter().product();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let n: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let mut y = x2.matmul(&self.w)?;
-        if let Some(b) = &self.b {
-            y = y.broadcast_add(b)?;
-        }
+        let fast = match differentiable {
+            false => super::kernels::linear(&x2, &self.w, self.b.as_ref())?,
+            true => None,
+        };
+        let y = match fast {
+            Some(y) => y,
+            None => {
+                let y = x2.matmul(&self.w)?;
+                match &self.b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+        };
         let mut out = dims;
         *out.last_mut().unwrap() = self.w.dim(1)?;
         Ok(y.reshape(out)?)
@@ -81,7 +91,12 @@ impl Norm {
     }
 }
 
-pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+pub fn activate(x: &Tensor, act: Activation, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        if let Some(y) = super::kernels::fast_activation(x, act)? {
+            return Ok(y);
+        }
+    }
     Ok(match act {
         Activation::GeluTanh => x.gelu()?,
         Activation::GeluErf => x.gelu_erf()?,

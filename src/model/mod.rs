@@ -6,6 +6,7 @@ pub mod config;
 pub mod gpt2;
 pub mod hooks;
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod neox;

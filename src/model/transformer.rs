@@ -4,6 +4,7 @@
 
 use super::config::{ModelConfig, Residual};
 use super::hooks::{HookSet, Site, SiteKind};
+use super::kernels::{self, AttnMask};
 use super::layers::{activate, attention_mask, softmax_last, Linear, Norm, Rope};
 use crate::error::user_error;
 use anyhow::Result;
@@ -180,6 +181,7 @@ impl Transformer {
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
+                        &batch.lengths,
                         diff,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -193,6 +195,7 @@ impl Transformer {
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
+                        &batch.lengths,
                         diff,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -200,7 +203,7 @@ impl Transformer {
                     ((x + a)? + m)?
                 }
                 Residual::PostLn => {
-                    let a = self.attention(l, block, &x, mask.as_ref(), diff)?;
+                    let a = self.attention(l, block, &x, mask.as_ref(), &batch.lengths, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
@@ -232,11 +235,12 @@ impl Transformer {
         block: &Block,
         x: &Tensor,
         mask: Option<&Tensor>,
+        lengths: &[usize],
         diff: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, hkv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let qkv = block.attn.qkv.forward(x)?;
+        let qkv = block.attn.qkv.forward(x, diff)?;
         let split = |start: usize, heads: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(2, start, heads * dh)?
@@ -255,6 +259,12 @@ impl Transformer {
         if self.cfg.scale_attn_by_layer {
             scale /= (l + 1) as f64;
         }
+        if !diff {
+            let m = AttnMask { lengths, causal: self.cfg.residual != Residual::PostLn, window: self.cfg.sliding_window };
+            if let Some(ctx) = kernels::attention(&q, &k, &v, scale as f32, &m)? {
+                return block.attn.o.forward(&ctx, diff);
+            }
+        }
         // Grouped-query attention without copying k/v: the n_rep query heads that share one
         // key/value head are consecutive, so they fold into the row dimension of one matmul.
         let n_rep = h / hkv;
@@ -270,20 +280,20 @@ impl Transformer {
             .reshape((b, h, t, dh))?
             .transpose(1, 2)?
             .reshape((b, t, h * dh))?;
-        block.attn.o.forward(&ctx)
+        block.attn.o.forward(&ctx, diff)
     }
 
     fn mlp(&self, l: usize, block: &Block, x: &Tensor, hooks: &mut HookSet) -> Result<Tensor> {
-        let pre = hooks.apply(Site::Block(l, SiteKind::MlpPre), block.mlp.pre.forward(x)?)?;
-        let mut post = activate(&pre, self.cfg.act)?;
+        let pre = hooks.apply(Site::Block(l, SiteKind::MlpPre), block.mlp.pre.forward(x, hooks.differentiable)?)?;
+        let mut post = activate(&pre, self.cfg.act, hooks.differentiable)?;
         if let Some(up) = &block.mlp.up {
-            let lin = hooks.apply(Site::Block(l, SiteKind::MlpPreLinear), up.forward(x)?)?;
+            let lin = hooks.apply(Site::Block(l, SiteKind::MlpPreLinear), up.forward(x, hooks.differentiable)?)?;
             post = (post * lin)?;
         }
         let post = hooks.apply(Site::Block(l, SiteKind::MlpPost), post)?;
         hooks.apply(
             Site::Block(l, SiteKind::MlpOut),
-            block.mlp.down.forward(&post)?,
+            block.mlp.down.forward(&post, hooks.differentiable)?,
         )
     }
 }
