@@ -11,7 +11,14 @@ fn load(name: &str) -> Model {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 const TEXT: &str = "The dog was quiet.";
@@ -32,8 +39,14 @@ fn early_stop_gives_same_values_and_no_logits() {
         assert_eq!(early.stop_after_layer(), Some(0));
         let none = m.forward(&batch, &mut early).unwrap();
         assert!(none.is_none(), "{name}: stopped early, so no logits");
-        assert_eq!(max_abs_diff(early.get(post(0)).unwrap(), full.get(post(0)).unwrap()), 0.0);
-        assert!(early.get(Site::Block(1, SiteKind::ResidPre)).is_none(), "uncaptured sites are not kept");
+        assert_eq!(
+            max_abs_diff(early.get(post(0)).unwrap(), full.get(post(0)).unwrap()),
+            0.0
+        );
+        assert!(
+            early.get(Site::Block(1, SiteKind::ResidPre)).is_none(),
+            "uncaptured sites are not kept"
+        );
     }
 }
 
@@ -41,7 +54,12 @@ fn early_stop_gives_same_values_and_no_logits() {
 fn differentiable_path_matches_fast_path() {
     for name in ["gpt2", "llama3", "gpt_neox", "bert"] {
         let m = load(name);
-        let batch = m.batch(&[m.encode(TEXT).unwrap(), m.encode("In 1999, Riverton built a new bridge!").unwrap()]).unwrap();
+        let batch = m
+            .batch(&[
+                m.encode(TEXT).unwrap(),
+                m.encode("In 1999, Riverton built a new bridge!").unwrap(),
+            ])
+            .unwrap();
         let mut fast = HookSet::capturing(m.sites());
         m.forward(&batch, &mut fast).unwrap();
         let mut slow = HookSet::capturing(m.sites());
@@ -49,7 +67,10 @@ fn differentiable_path_matches_fast_path() {
         m.forward(&batch, &mut slow).unwrap();
         for s in m.sites() {
             let d = max_abs_diff(fast.get(s).unwrap(), slow.get(s).unwrap());
-            assert!(d < 1e-4, "{name} {s}: fused and differentiable paths differ by {d}");
+            assert!(
+                d < 1e-4,
+                "{name} {s}: fused and differentiable paths differ by {d}"
+            );
         }
     }
 }
@@ -81,22 +102,51 @@ fn interventions_touch_only_selected_units_and_positions() {
         (Op::Add(-1.25), Box::new(|x| x - 1.25)),
     ];
     for (op, f) in cases {
-        let iv = Intervention { site: post(0), units: Some(vec![3, 17]), positions: Some(vec![1, t - 1]), op: op.clone() };
+        let iv = Intervention {
+            site: post(0),
+            units: Some(vec![3, 17]),
+            positions: Some(vec![1, t - 1]),
+            op: op.clone(),
+        };
         let h = run_with(&m, vec![iv], &sites);
-        let a = h.get(post(0)).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let a = h
+            .get(post(0))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let a0v = a0.to_vec2::<f32>().unwrap();
         for (p, row) in a.iter().enumerate() {
             for (u, &x) in row.iter().enumerate() {
                 let selected = [3, 17].contains(&u) && [1, t - 1].contains(&p);
                 let want = if selected { f(a0v[p][u]) } else { a0v[p][u] };
-                assert!((x - want).abs() < 1e-5, "{op:?} at pos {p} unit {u}: {x} vs {want}");
+                assert!(
+                    (x - want).abs() < 1e-5,
+                    "{op:?} at pos {p} unit {u}: {x} vs {want}"
+                );
             }
         }
         // the change propagates downstream, and only from the first changed position on (causal)
-        let r0 = base.get(Site::Block(0, SiteKind::ResidPost)).unwrap().squeeze(0).unwrap();
-        let r = h.get(Site::Block(0, SiteKind::ResidPost)).unwrap().squeeze(0).unwrap();
-        assert_eq!(max_abs_diff(&r.get(0).unwrap(), &r0.get(0).unwrap()), 0.0, "{op:?}: position 0 untouched");
-        assert!(max_abs_diff(&r.get(1).unwrap(), &r0.get(1).unwrap()) > 1e-4, "{op:?}: position 1 changed");
+        let r0 = base
+            .get(Site::Block(0, SiteKind::ResidPost))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let r = h
+            .get(Site::Block(0, SiteKind::ResidPost))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        assert_eq!(
+            max_abs_diff(&r.get(0).unwrap(), &r0.get(0).unwrap()),
+            0.0,
+            "{op:?}: position 0 untouched"
+        );
+        assert!(
+            max_abs_diff(&r.get(1).unwrap(), &r0.get(1).unwrap()) > 1e-4,
+            "{op:?}: position 1 changed"
+        );
     }
 }
 
@@ -106,8 +156,23 @@ fn patching_in_the_same_activation_changes_nothing() {
     let site = Site::Block(1, SiteKind::ResidPre);
     let base = run_with(&m, vec![], &[site, Site::Logits]);
     let act = base.get(site).unwrap().clone();
-    let patched = run_with(&m, vec![Intervention { site, units: None, positions: None, op: Op::Replace(act) }], &[Site::Logits]);
-    assert_eq!(max_abs_diff(base.get(Site::Logits).unwrap(), patched.get(Site::Logits).unwrap()), 0.0);
+    let patched = run_with(
+        &m,
+        vec![Intervention {
+            site,
+            units: None,
+            positions: None,
+            op: Op::Replace(act),
+        }],
+        &[Site::Logits],
+    );
+    assert_eq!(
+        max_abs_diff(
+            base.get(Site::Logits).unwrap(),
+            patched.get(Site::Logits).unwrap()
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -115,14 +180,27 @@ fn zeroing_every_mlp_output_equals_removing_the_mlps_contribution() {
     // With every hook_mlp_out zeroed, resid_post = resid_mid exactly (sequential blocks).
     let m = load("gpt2");
     let ivs = (0..m.cfg.n_layers)
-        .map(|l| Intervention { site: Site::Block(l, SiteKind::MlpOut), units: None, positions: None, op: Op::Zero })
+        .map(|l| Intervention {
+            site: Site::Block(l, SiteKind::MlpOut),
+            units: None,
+            positions: None,
+            op: Op::Zero,
+        })
         .collect();
     let sites: Vec<Site> = (0..m.cfg.n_layers)
-        .flat_map(|l| [Site::Block(l, SiteKind::ResidMid), Site::Block(l, SiteKind::ResidPost)])
+        .flat_map(|l| {
+            [
+                Site::Block(l, SiteKind::ResidMid),
+                Site::Block(l, SiteKind::ResidPost),
+            ]
+        })
         .collect();
     let h = run_with(&m, ivs, &sites);
     for l in 0..m.cfg.n_layers {
-        let d = max_abs_diff(h.get(Site::Block(l, SiteKind::ResidMid)).unwrap(), h.get(Site::Block(l, SiteKind::ResidPost)).unwrap());
+        let d = max_abs_diff(
+            h.get(Site::Block(l, SiteKind::ResidMid)).unwrap(),
+            h.get(Site::Block(l, SiteKind::ResidPost)).unwrap(),
+        );
         assert_eq!(d, 0.0, "layer {l}");
     }
 }
@@ -133,12 +211,36 @@ fn steering_vector_moves_logits_along_its_unembedding() {
     let m = load("gpt2");
     let last = m.cfg.n_layers - 1;
     let k = 42usize;
-    let row: Vec<f32> = m.net.unembed.as_ref().unwrap().get(k).unwrap().to_vec1().unwrap();
+    let row: Vec<f32> = m
+        .net
+        .unembed
+        .as_ref()
+        .unwrap()
+        .get(k)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let vec: Vec<f32> = row.iter().map(|x| x * 50.0).collect();
-    let iv = Intervention { site: Site::Block(last, SiteKind::ResidPost), units: None, positions: None, op: Op::AddVector(vec) };
+    let iv = Intervention {
+        site: Site::Block(last, SiteKind::ResidPost),
+        units: None,
+        positions: None,
+        op: Op::AddVector(vec),
+    };
     let h = run_with(&m, vec![iv], &[Site::Logits]);
-    let top = h.get(Site::Logits).unwrap().squeeze(0).unwrap().argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
-    assert!(top.iter().all(|&t| t as usize == k), "argmax per position: {top:?}");
+    let top = h
+        .get(Site::Logits)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    assert!(
+        top.iter().all(|&t| t as usize == k),
+        "argmax per position: {top:?}"
+    );
 }
 
 #[test]
@@ -146,8 +248,26 @@ fn out_of_range_unit_is_a_clear_error() {
     let m = load("gpt2");
     let batch = m.batch(&[m.encode(TEXT).unwrap()]).unwrap();
     let mut h = HookSet::new();
-    h.intervene(Intervention { site: post(0), units: Some(vec![m.cfg.d_mlp]), positions: None, op: Op::Zero });
+    h.intervene(Intervention {
+        site: post(0),
+        units: Some(vec![m.cfg.d_mlp]),
+        positions: None,
+        op: Op::Zero,
+    });
     let err = m.forward(&batch, &mut h).unwrap_err();
     assert!(ftri::error::is_user_error(&err));
     assert!(err.to_string().contains("out of range"), "{err}");
+}
+
+#[test]
+fn stopping_at_the_last_neurons_skips_the_rest() {
+    let m = load("gpt2");
+    let last = m.cfg.n_layers - 1;
+    let h = HookSet::capturing([post(0), post(last)]);
+    assert!(h.done_after(post(last)));
+    assert!(!h.done_after(Site::Block(last, SiteKind::MlpPre)));
+    assert!(!h.done_after(post(0)));
+    let mut with_logits = HookSet::capturing([post(0)]);
+    with_logits.capture(Site::Logits);
+    assert!(!with_logits.done_after(post(last)));
 }

@@ -171,6 +171,17 @@ impl HookSet {
         self.capture.iter().map(|s| s.layer().unwrap_or(0)).max()
     }
 
+    /// True when nothing after `site` in the forward pass is needed: the caller may stop there.
+    pub fn done_after(&self, site: Site) -> bool {
+        if self.want_logits || self.capture.contains(&Site::Logits) {
+            return false;
+        }
+        self.capture
+            .iter()
+            .next_back()
+            .is_some_and(|last| *last <= site)
+    }
+
     pub fn is_active(&self, site: Site) -> bool {
         self.capture.contains(&site) || self.interventions.iter().any(|iv| iv.site == site)
     }

@@ -24,7 +24,9 @@ fn exp(x: f32) -> f32 {
     let p = 1.0
         + f * (1.0
             + f * (0.5
-                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
+                + f * (1.0 / 6.0
+                    + f * (1.0 / 24.0
+                        + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
     f32::from_bits((k.wrapping_add(127) << 23) as u32) * p
 }
 
@@ -113,7 +115,8 @@ fn map<S: Scalar>(src: &[f32], dst: &mut [f32], _: S) {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { map_avx512::<S>(src, dst) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: as above.
             return unsafe { map_avx2::<S>(src, dst) };
         }
@@ -126,7 +129,11 @@ impl CustomOp1 for Elementwise {
         "ftri-activation"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("ftri-activation: f32 only")
         };
@@ -137,12 +144,14 @@ impl CustomOp1 for Elementwise {
         let mut out = vec![0f32; src.len()];
         const CHUNK: usize = 1 << 14;
         let act = self.0;
-        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, s)| match act {
-            Activation::GeluTanh => map(s, o, Gelu),
-            Activation::GeluErf => map(s, o, GeluErf),
-            Activation::Silu => map(s, o, Silu),
-            Activation::Relu => map(s, o, Relu),
-        });
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, s)| match act {
+                Activation::GeluTanh => map(s, o, Gelu),
+                Activation::GeluErf => map(s, o, GeluErf),
+                Activation::Silu => map(s, o, Silu),
+                Activation::Relu => map(s, o, Relu),
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -166,7 +175,10 @@ mod tests {
             let (got, want) = (exp(x), x.exp());
             // x·log2 e is rounded to f32, so the error grows with |x|; activations live near 0
             let tol = if x.abs() <= 20.0 { 1e-6 } else { 1e-5 };
-            assert!(((got - want) / want).abs() < tol, "exp({x}) = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < tol,
+                "exp({x}) = {got}, want {want}"
+            );
         }
     }
 
@@ -181,7 +193,14 @@ mod tests {
             (Activation::Relu, x.relu().unwrap()),
         ] {
             let got = fast_activation(&x, act).unwrap().unwrap();
-            let diff = (got - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (got - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 2e-6, "{act:?}: max diff {diff}");
         }
     }
@@ -263,7 +282,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
     })
     .flatten();
     match out {
-        Some(dst) => Ok(Some(Tensor::from_vec(dst, (n, out_dim), &candle_core::Device::Cpu)?)),
+        Some(dst) => Ok(Some(Tensor::from_vec(
+            dst,
+            (n, out_dim),
+            &candle_core::Device::Cpu,
+        )?)),
         None => Ok(None),
     }
 }
@@ -286,73 +309,188 @@ impl SendPtr {
     }
 }
 
-/// softmax(q·kᵀ·scale + mask)·v for q [B, H, T, Dh] and k, v [B, Hkv, T, Dh], all contiguous,
-/// written straight into [B, T, H·Dh] (the layout the output projection reads). One task per
-/// (sequence, head) with a single-threaded gemm inside: candle's batched matmul instead syncs the
-/// whole thread pool for each of the B·H small products.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, mask: &AttnMask) -> Result<Option<Tensor>> {
+/// Where one head's [T, Dh] block of q, k or v lies in its buffer.
+#[derive(Clone, Copy)]
+struct HeadLayout {
+    base: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+}
+
+impl HeadLayout {
+    fn offset(&self, batch: usize, head: usize) -> usize {
+        self.base + batch * self.batch_stride + head * self.head_stride
+    }
+}
+
+/// softmax(q·kᵀ·scale + mask)·v, written straight into [B, T, H·Dh] (the layout the output
+/// projection reads). One task per (sequence, head) with a single-threaded gemm inside: candle's
+/// batched matmul instead syncs the whole thread pool for each of the B·H small products.
+#[allow(clippy::too_many_arguments)]
+fn attention_core(
+    (qs, ql): (&[f32], HeadLayout),
+    (ks, kl): (&[f32], HeadLayout),
+    (vs, vl): (&[f32], HeadLayout),
+    (b, h, hkv, t, dh): (usize, usize, usize, usize, usize),
+    scale: f32,
+    mask: &AttnMask,
+) -> Vec<f32> {
+    let mut out = vec![0f32; b * t * h * dh];
+    let ptr = SendPtr(out.as_mut_ptr());
+    let n_rep = h / hkv;
+    (0..b * h).into_par_iter().for_each(|task| {
+        let (bi, hi) = (task / h, task % h);
+        let kh = hi / n_rep;
+        let len = mask.lengths[bi];
+        let mut scores = vec![0f32; t * t];
+        // SAFETY: the layouts were built from the buffers' shapes, so every (row, column) the
+        // strides reach lies inside qs, ks and vs; scores is t×t.
+        unsafe {
+            gemm::gemm(
+                t,
+                t,
+                dh,
+                scores.as_mut_ptr(),
+                1,
+                t as isize,
+                false,
+                qs.as_ptr().add(ql.offset(bi, hi)),
+                1,
+                ql.row_stride as isize,
+                ks.as_ptr().add(kl.offset(bi, kh)),
+                kl.row_stride as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        for (i, row) in scores.chunks_mut(t).enumerate() {
+            let allowed = |j: usize| {
+                j < len && (!mask.causal || j <= i) && mask.window.is_none_or(|w| i < j + w)
+            };
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in row.iter().enumerate() {
+                if allowed(j) && *s > max {
+                    max = *s;
+                }
+            }
+            let mut sum = 0f32;
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = if allowed(j) { exp(*s - max) } else { 0.0 };
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        // SAFETY: this task alone writes out[bi, :, hi·dh .. (hi+1)·dh].
+        unsafe {
+            let dst = ptr.get().add(bi * t * h * dh + hi * dh);
+            gemm::gemm(
+                t,
+                dh,
+                t,
+                dst,
+                1,
+                (h * dh) as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                t as isize,
+                vs.as_ptr().add(vl.offset(bi, kh)),
+                1,
+                vl.row_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+    });
+    out
+}
+
+/// Attention for q [B, H, T, Dh] and k, v [B, Hkv, T, Dh], all contiguous (after rotary).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    mask: &AttnMask,
+) -> Result<Option<Tensor>> {
     let (b, h, t, dh) = q.dims4()?;
     let hkv = k.dim(1)?;
+    let per_head = |heads: usize| HeadLayout {
+        base: 0,
+        batch_stride: heads * t * dh,
+        head_stride: t * dh,
+        row_stride: dh,
+    };
     let out = with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
             with_cpu_f32(v, |vs| {
-                let mut out = vec![0f32; b * t * h * dh];
-                let ptr = SendPtr(out.as_mut_ptr());
-                let n_rep = h / hkv;
-                (0..b * h).into_par_iter().for_each(|task| {
-                    let (bi, hi) = (task / h, task % h);
-                    let kv = bi * hkv + hi / n_rep;
-                    let qp = &qs[(bi * h + hi) * t * dh..][..t * dh];
-                    let kp = &ks[kv * t * dh..][..t * dh];
-                    let vp = &vs[kv * t * dh..][..t * dh];
-                    let len = mask.lengths[bi];
-                    let mut scores = vec![0f32; t * t];
-                    // SAFETY: all pointers cover the t×dh / t×t blocks the strides describe.
-                    unsafe {
-                        gemm::gemm(
-                            t, t, dh, scores.as_mut_ptr(), 1, t as isize, false,
-                            qp.as_ptr(), 1, dh as isize,
-                            kp.as_ptr(), dh as isize, 1,
-                            0.0, scale, false, false, false, gemm::Parallelism::None,
-                        )
-                    };
-                    for (i, row) in scores.chunks_mut(t).enumerate() {
-                        let allowed = |j: usize| {
-                            j < len && (!mask.causal || j <= i) && mask.window.is_none_or(|w| i < j + w)
-                        };
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, s) in row.iter().enumerate() {
-                            if allowed(j) && *s > max {
-                                max = *s;
-                            }
-                        }
-                        let mut sum = 0f32;
-                        for (j, s) in row.iter_mut().enumerate() {
-                            *s = if allowed(j) { exp(*s - max) } else { 0.0 };
-                            sum += *s;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|s| *s *= inv);
-                    }
-                    // SAFETY: this task alone writes out[bi, :, hi·dh .. (hi+1)·dh].
-                    unsafe {
-                        let dst = ptr.get().add(bi * t * h * dh + hi * dh);
-                        gemm::gemm(
-                            t, dh, t, dst, 1, (h * dh) as isize, false,
-                            scores.as_ptr(), 1, t as isize,
-                            vp.as_ptr(), 1, dh as isize,
-                            0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                        )
-                    };
-                });
-                out
+                attention_core(
+                    (qs, per_head(h)),
+                    (ks, per_head(hkv)),
+                    (vs, per_head(hkv)),
+                    (b, h, hkv, t, dh),
+                    scale,
+                    mask,
+                )
             })
         })
     })
     .flatten()
     .flatten();
     match out {
-        Some(o) => Ok(Some(Tensor::from_vec(o, (b, t, h * dh), &candle_core::Device::Cpu)?)),
+        Some(o) => Ok(Some(Tensor::from_vec(
+            o,
+            (b, t, h * dh),
+            &candle_core::Device::Cpu,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// Attention read straight from the fused projection output qkv [B, T, (H + 2·Hkv)·Dh] (models
+/// without rotary), which saves splitting q, k and v into three head-major copies.
+pub fn attention_fused(
+    qkv: &Tensor,
+    h: usize,
+    hkv: usize,
+    scale: f32,
+    mask: &AttnMask,
+) -> Result<Option<Tensor>> {
+    let (b, t, width) = qkv.dims3()?;
+    let dh = width / (h + 2 * hkv);
+    let at = |base: usize| HeadLayout {
+        base,
+        batch_stride: t * width,
+        head_stride: dh,
+        row_stride: width,
+    };
+    let out = with_cpu_f32(qkv, |s| {
+        attention_core(
+            (s, at(0)),
+            (s, at(h * dh)),
+            (s, at((h + hkv) * dh)),
+            (b, h, hkv, t, dh),
+            scale,
+            mask,
+        )
+    });
+    match out {
+        Some(o) => Ok(Some(Tensor::from_vec(
+            o,
+            (b, t, h * dh),
+            &candle_core::Device::Cpu,
+        )?)),
         None => Ok(None),
     }
 }

@@ -186,7 +186,10 @@ impl Transformer {
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), (x + a)?)?;
-                    let m = self.mlp(l, block, &block.ln2.forward(&mid, diff)?, hooks)?;
+                    let Some(m) = self.mlp(l, block, &block.ln2.forward(&mid, diff)?, hooks)?
+                    else {
+                        return Ok(None);
+                    };
                     (mid + m)?
                 }
                 Residual::Parallel => {
@@ -199,7 +202,9 @@ impl Transformer {
                         diff,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
-                    let m = self.mlp(l, block, &block.ln2.forward(&x, diff)?, hooks)?;
+                    let Some(m) = self.mlp(l, block, &block.ln2.forward(&x, diff)?, hooks)? else {
+                        return Ok(None);
+                    };
                     ((x + a)? + m)?
                 }
                 Residual::PostLn => {
@@ -207,7 +212,9 @@ impl Transformer {
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
-                    let m = self.mlp(l, block, &mid, hooks)?;
+                    let Some(m) = self.mlp(l, block, &mid, hooks)? else {
+                        return Ok(None);
+                    };
                     block.ln2.forward(&(m + mid)?, diff)?
                 }
             };
@@ -241,6 +248,20 @@ impl Transformer {
         let (b, t, _) = x.dims3()?;
         let (h, hkv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let qkv = block.attn.qkv.forward(x, diff)?;
+        let mut scale = 1.0 / (dh as f64).sqrt();
+        if self.cfg.scale_attn_by_layer {
+            scale /= (l + 1) as f64;
+        }
+        let fast_mask = AttnMask {
+            lengths,
+            causal: self.cfg.residual != Residual::PostLn,
+            window: self.cfg.sliding_window,
+        };
+        if !diff && self.rope.is_none() {
+            if let Some(ctx) = kernels::attention_fused(&qkv, h, hkv, scale as f32, &fast_mask)? {
+                return block.attn.o.forward(&ctx, diff);
+            }
+        }
         let split = |start: usize, heads: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(2, start, heads * dh)?
@@ -255,13 +276,8 @@ impl Transformer {
             q = rope.apply(&q, diff)?;
             k = rope.apply(&k, diff)?;
         }
-        let mut scale = 1.0 / (dh as f64).sqrt();
-        if self.cfg.scale_attn_by_layer {
-            scale /= (l + 1) as f64;
-        }
         if !diff {
-            let m = AttnMask { lengths, causal: self.cfg.residual != Residual::PostLn, window: self.cfg.sliding_window };
-            if let Some(ctx) = kernels::attention(&q, &k, &v, scale as f32, &m)? {
+            if let Some(ctx) = kernels::attention(&q, &k, &v, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
             }
         }
@@ -283,18 +299,33 @@ impl Transformer {
         block.attn.o.forward(&ctx, diff)
     }
 
-    fn mlp(&self, l: usize, block: &Block, x: &Tensor, hooks: &mut HookSet) -> Result<Tensor> {
-        let pre = hooks.apply(Site::Block(l, SiteKind::MlpPre), block.mlp.pre.forward(x, hooks.differentiable)?)?;
+    /// The MLP's output, or `None` when the hooks need nothing past its neurons (the last
+    /// requested site is this layer's `mlp.hook_post`): the down projection is then skipped.
+    fn mlp(
+        &self,
+        l: usize,
+        block: &Block,
+        x: &Tensor,
+        hooks: &mut HookSet,
+    ) -> Result<Option<Tensor>> {
+        let pre = hooks.apply(
+            Site::Block(l, SiteKind::MlpPre),
+            block.mlp.pre.forward(x, hooks.differentiable)?,
+        )?;
         let mut post = activate(&pre, self.cfg.act, hooks.differentiable)?;
         if let Some(up) = &block.mlp.up {
-            let lin = hooks.apply(Site::Block(l, SiteKind::MlpPreLinear), up.forward(x, hooks.differentiable)?)?;
+            let lin = hooks.apply(
+                Site::Block(l, SiteKind::MlpPreLinear),
+                up.forward(x, hooks.differentiable)?,
+            )?;
             post = (post * lin)?;
         }
         let post = hooks.apply(Site::Block(l, SiteKind::MlpPost), post)?;
-        hooks.apply(
-            Site::Block(l, SiteKind::MlpOut),
-            block.mlp.down.forward(&post, hooks.differentiable)?,
-        )
+        if hooks.done_after(Site::Block(l, SiteKind::MlpPost)) {
+            return Ok(None);
+        }
+        let out = block.mlp.down.forward(&post, hooks.differentiable)?;
+        Ok(Some(hooks.apply(Site::Block(l, SiteKind::MlpOut), out)?))
     }
 }
 
