@@ -1,7 +1,9 @@
-//! `ftri plant`: write a synthetic checkpoint (random weights in the Hugging Face layout).
+//! `ftri plant`: write a synthetic checkpoint (Hugging Face layout, random weights), optionally
+//! with planted neurons of known behaviour (ground truth for interpretability methods).
 
 use crate::error::user_error;
-use crate::model::synth::{default_vocab, random_weights, write_checkpoint, SynthArch, SynthSpec};
+use crate::model::plant::{plant, PlantedNeuron};
+use crate::model::synth::{random_weights, vocab_with, write_checkpoint, SynthArch, SynthSpec};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -17,6 +19,10 @@ pub struct PlantArgs {
     /// Shape preset: gpt2-small (12 layers, 768 wide, 3072 neurons per layer, 50257 tokens)
     #[arg(long)]
     pub preset: Option<String>,
+    /// A neuron to plant, `L.N:TRIGGER[,TRIGGER…]:TARGET` — fires on the trigger words and raises
+    /// the target word's logit (repeatable). Words join the vocabulary.
+    #[arg(long = "neuron")]
+    pub neurons: Vec<String>,
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     #[arg(long, default_value_t = 64)]
@@ -33,8 +39,62 @@ pub struct PlantArgs {
     pub seed: u64,
 }
 
+pub fn parse_planted(spec: &str) -> Result<PlantedNeuron> {
+    let bad = || {
+        user_error(format!(
+            "--neuron `{spec}`: expected L.N:TRIGGER[,TRIGGER…]:TARGET, e.g. 1.7:dog,puppy:bark"
+        ))
+    };
+    let mut parts = spec.split(':');
+    let (id, trig, target) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    let (l, n) = id.split_once('.').ok_or_else(bad)?;
+    let fires_on: Vec<String> = trig
+        .split(',')
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let valid = |w: &str| {
+        !w.is_empty()
+            && !w
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_ascii_punctuation())
+    };
+    if fires_on.is_empty() || !fires_on.iter().all(|w| valid(w)) || !valid(target.trim()) {
+        return Err(user_error(format!(
+            "--neuron `{spec}`: trigger and target words must be single words without punctuation"
+        )));
+    }
+    Ok(PlantedNeuron {
+        layer: l.parse().map_err(|_| bad())?,
+        index: n.parse().map_err(|_| bad())?,
+        fires_on,
+        writes: target.trim().to_string(),
+    })
+}
+
 pub fn run(a: PlantArgs) -> Result<()> {
-    let spec = match a.preset.as_deref() {
+    let planted: Vec<PlantedNeuron> = a
+        .neurons
+        .iter()
+        .map(|s| parse_planted(s))
+        .collect::<Result<_>>()?;
+    let words: Vec<String> = planted
+        .iter()
+        .flat_map(|p| {
+            p.fires_on
+                .iter()
+                .cloned()
+                .chain(std::iter::once(p.writes.clone()))
+        })
+        .collect();
+    let mut spec = match a.preset.as_deref() {
         Some("gpt2-small") => SynthSpec {
             seed: a.seed,
             ..SynthSpec::gpt2_small()
@@ -59,20 +119,41 @@ pub fn run(a: PlantArgs) -> Result<()> {
             n_heads: a.heads,
             d_mlp: a.d_mlp,
             n_ctx: a.ctx,
-            vocab: default_vocab(a.vocab.max(2)),
+            vocab: Vec::new(),
             seed: a.seed,
         },
     };
-    if spec.n_heads == 0 || spec.d_model % spec.n_heads != 0 {
+    let n_vocab = if spec.vocab.is_empty() {
+        a.vocab
+    } else {
+        spec.vocab.len()
+    };
+    spec.vocab = vocab_with(&words, n_vocab.max(words.len() + 2));
+    if spec.n_layers == 0 || spec.d_mlp == 0 || spec.heads_invalid() {
         return Err(user_error(format!(
-            "--d-model {} must be a multiple of --heads {}",
+            "--layers and --d-mlp must be positive and --d-model {} a multiple of --heads {}",
             spec.d_model, spec.n_heads
         )));
     }
     if a.out.exists() {
         return Err(user_error(format!("{}: already exists", a.out.display())));
     }
-    write_checkpoint(&a.out, &spec, &random_weights(&spec))?;
+    let mut weights = random_weights(&spec);
+    let records = plant(&spec, &mut weights, &planted)?;
+    let extra = if records.is_empty() {
+        vec![]
+    } else {
+        vec![("plant.json", serde_json::to_string_pretty(&records)?)]
+    };
+    write_checkpoint(&a.out, &spec, &weights, &extra)?;
+    for r in &records {
+        eprintln!(
+            "planted {}: fires on {} → writes {}",
+            r.neuron,
+            r.fires_on.join(", "),
+            r.writes
+        );
+    }
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }

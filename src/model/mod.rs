@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod neox;
+pub mod plant;
 pub mod synth;
 pub mod tokenizer;
 pub mod transformer;

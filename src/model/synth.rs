@@ -28,6 +28,10 @@ pub struct SynthSpec {
 }
 
 impl SynthSpec {
+    pub fn heads_invalid(&self) -> bool {
+        self.n_heads == 0 || self.d_model % self.n_heads != 0
+    }
+
     /// The shape of GPT-2 small (124M parameters) with a vocabulary of 50257 made-up words.
     pub fn gpt2_small() -> Self {
         Self {
@@ -45,9 +49,26 @@ impl SynthSpec {
 
 /// `<unk>` then `w1`, `w2`, … : a vocabulary whose every token is a whitespace-separated word.
 pub fn default_vocab(n: usize) -> Vec<String> {
-    std::iter::once("<unk>".to_string())
-        .chain((1..n).map(|i| format!("w{i}")))
-        .collect()
+    vocab_with(&[], n)
+}
+
+/// `<unk>`, then `words` (deduplicated, in order), then fillers `w1`, `w2`, … up to `n` tokens.
+pub fn vocab_with(words: &[String], n: usize) -> Vec<String> {
+    let mut v = vec!["<unk>".to_string()];
+    for w in words {
+        if !v.contains(w) {
+            v.push(w.clone());
+        }
+    }
+    let mut i = 1;
+    while v.len() < n {
+        let f = format!("w{i}");
+        if !v.contains(&f) {
+            v.push(f);
+        }
+        i += 1;
+    }
+    v
 }
 
 /// A named tensor: data and shape.
@@ -184,9 +205,18 @@ fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
 }
 
 /// Write a loadable checkpoint folder (atomically: a temporary folder renamed at the end).
-pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, weights: &Weights) -> Result<()> {
+/// `extra` files (name, contents) go beside the weights, e.g. plant.json.
+pub fn write_checkpoint(
+    dir: &Path,
+    spec: &SynthSpec,
+    weights: &Weights,
+    extra: &[(&str, String)],
+) -> Result<()> {
     write_atomic(dir, |tmp| {
         std::fs::create_dir_all(tmp)?;
+        for (name, text) in extra {
+            std::fs::write(tmp.join(name), text)?;
+        }
         std::fs::write(
             tmp.join("config.json"),
             serde_json::to_string_pretty(&config_json(spec))?,
