@@ -128,6 +128,9 @@ pub struct HookSet {
     pub want_logits: bool,
     /// Use only ops that carry gradients (candle's fused softmax/norm/rope silently drop them).
     pub differentiable: bool,
+    /// Absolute position of the pass's first token (the key/value cache length during
+    /// generation), so intervention positions stay positions in the whole sequence.
+    pub position_offset: usize,
 }
 
 impl HookSet {
@@ -193,7 +196,7 @@ impl HookSet {
         }
         let mut x = x;
         for iv in self.interventions.iter().filter(|iv| iv.site == site) {
-            x = apply_intervention(&x, iv)?;
+            x = apply_intervention(&x, iv, self.position_offset)?;
         }
         if self.capture.contains(&site) {
             self.captured.insert(site, x.clone());
@@ -215,7 +218,7 @@ impl HookSet {
 }
 
 /// A 0/1 mask [1, T, D] of the entries an intervention touches.
-fn selection_mask(x: &Tensor, iv: &Intervention) -> Result<Option<Tensor>> {
+fn selection_mask(x: &Tensor, iv: &Intervention, offset: usize) -> Result<Option<Tensor>> {
     let (_, t, d) = x.dims3()?;
     if iv.units.is_none() && iv.positions.is_none() {
         return Ok(None);
@@ -235,9 +238,9 @@ fn selection_mask(x: &Tensor, iv: &Intervention) -> Result<Option<Tensor>> {
     let mut pos_sel = vec![iv.positions.is_none() as u8 as f32; t];
     if let Some(positions) = &iv.positions {
         for &p in positions {
-            // A position past this batch's length simply selects nothing, as for a shorter prompt.
-            if p < t {
-                pos_sel[p] = 1.0;
+            // A position outside this pass simply selects nothing, as for a shorter prompt.
+            if p >= offset && p - offset < t {
+                pos_sel[p - offset] = 1.0;
             }
         }
     }
@@ -263,8 +266,8 @@ fn vector(x: &Tensor, v: &[f32], site: Site) -> Result<Tensor> {
 
 /// h' = h·(1−m) + m·f(h), which reduces to f(h) when everything is selected. Written with plain
 /// tensor ops so gradients flow through interventions too.
-pub fn apply_intervention(x: &Tensor, iv: &Intervention) -> Result<Tensor> {
-    let mask = selection_mask(x, iv)?;
+pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize) -> Result<Tensor> {
+    let mask = selection_mask(x, iv, position_offset)?;
     let new = match &iv.op {
         Op::Zero => x.zeros_like()?,
         Op::Scale(f) => (x * (*f as f64))?,

@@ -294,6 +294,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
 /// Which keys a query may attend.
 pub struct AttnMask<'a> {
     pub lengths: &'a [usize],
+    /// Position of the first query (keys start at 0): the length of a key/value cache.
+    pub offset: usize,
     pub causal: bool,
     pub window: Option<usize>,
 }
@@ -332,7 +334,7 @@ fn attention_core(
     (qs, ql): (&[f32], HeadLayout),
     (ks, kl): (&[f32], HeadLayout),
     (vs, vl): (&[f32], HeadLayout),
-    (b, h, hkv, t, dh): (usize, usize, usize, usize, usize),
+    (b, h, hkv, t, tk, dh): (usize, usize, usize, usize, usize, usize),
     scale: f32,
     mask: &AttnMask,
 ) -> Vec<f32> {
@@ -342,18 +344,19 @@ fn attention_core(
     (0..b * h).into_par_iter().for_each(|task| {
         let (bi, hi) = (task / h, task % h);
         let kh = hi / n_rep;
-        let len = mask.lengths[bi];
-        let mut scores = vec![0f32; t * t];
+        // keys 0..tk; query i sits at position offset + i
+        let (off, len) = (mask.offset, mask.offset + mask.lengths[bi]);
+        let mut scores = vec![0f32; t * tk];
         // SAFETY: the layouts were built from the buffers' shapes, so every (row, column) the
-        // strides reach lies inside qs, ks and vs; scores is t×t.
+        // strides reach lies inside qs, ks and vs; scores is t×tk.
         unsafe {
             gemm::gemm(
                 t,
-                t,
+                tk,
                 dh,
                 scores.as_mut_ptr(),
                 1,
-                t as isize,
+                tk as isize,
                 false,
                 qs.as_ptr().add(ql.offset(bi, hi)),
                 1,
@@ -369,9 +372,10 @@ fn attention_core(
                 gemm::Parallelism::None,
             )
         };
-        for (i, row) in scores.chunks_mut(t).enumerate() {
+        for (i, row) in scores.chunks_mut(tk).enumerate() {
+            let qa = i + off;
             let allowed = |j: usize| {
-                j < len && (!mask.causal || j <= i) && mask.window.is_none_or(|w| i < j + w)
+                j < len && (!mask.causal || j <= qa) && mask.window.is_none_or(|w| qa < j + w)
             };
             let mut max = f32::NEG_INFINITY;
             for (j, s) in row.iter().enumerate() {
@@ -393,14 +397,14 @@ fn attention_core(
             gemm::gemm(
                 t,
                 dh,
-                t,
+                tk,
                 dst,
                 1,
                 (h * dh) as isize,
                 false,
                 scores.as_ptr(),
                 1,
-                t as isize,
+                tk as isize,
                 vs.as_ptr().add(vl.offset(bi, kh)),
                 1,
                 vl.row_stride as isize,
@@ -425,21 +429,21 @@ pub fn attention(
     mask: &AttnMask,
 ) -> Result<Option<Tensor>> {
     let (b, h, t, dh) = q.dims4()?;
-    let hkv = k.dim(1)?;
-    let per_head = |heads: usize| HeadLayout {
+    let (hkv, tk) = (k.dim(1)?, k.dim(2)?);
+    let per_head = |heads: usize, len: usize| HeadLayout {
         base: 0,
-        batch_stride: heads * t * dh,
-        head_stride: t * dh,
+        batch_stride: heads * len * dh,
+        head_stride: len * dh,
         row_stride: dh,
     };
     let out = with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
             with_cpu_f32(v, |vs| {
                 attention_core(
-                    (qs, per_head(h)),
-                    (ks, per_head(hkv)),
-                    (vs, per_head(hkv)),
-                    (b, h, hkv, t, dh),
+                    (qs, per_head(h, t)),
+                    (ks, per_head(hkv, tk)),
+                    (vs, per_head(hkv, tk)),
+                    (b, h, hkv, t, tk, dh),
                     scale,
                     mask,
                 )
@@ -480,7 +484,7 @@ pub fn attention_fused(
             (s, at(0)),
             (s, at(h * dh)),
             (s, at((h + hkv) * dh)),
-            (b, h, hkv, t, dh),
+            (b, h, hkv, t, t, dh),
             scale,
             mask,
         )

@@ -164,11 +164,11 @@ impl Rope {
         })
     }
 
-    /// x: [B, H, T, Dh] contiguous.
-    pub fn apply(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    /// x: [B, H, T, Dh] contiguous, its first token at position `offset`.
+    pub fn apply(&self, x: &Tensor, differentiable: bool, offset: usize) -> Result<Tensor> {
         let (_, _, t, dh) = x.dims4()?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
         let rotate = |x: &Tensor| -> Result<Tensor> {
             Ok(if differentiable {
                 candle_nn::rotary_emb::rope_slow(x, &cos, &sin)?
@@ -198,6 +198,7 @@ pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 pub fn attention_mask(
     lengths: &[usize],
     t: usize,
+    offset: usize,
     causal: bool,
     window: Option<usize>,
     device: &Device,
@@ -207,18 +208,20 @@ pub fn attention_mask(
         return Ok(None);
     }
     const NEG: f32 = -1e30;
+    let tk = offset + t;
     let b = if padded { lengths.len() } else { 1 };
-    let mut m = vec![0f32; b * t * t];
-    for (bi, chunk) in m.chunks_mut(t * t).enumerate() {
-        let len = if padded { lengths[bi] } else { t };
+    let mut m = vec![0f32; b * t * tk];
+    for (bi, chunk) in m.chunks_mut(t * tk).enumerate() {
+        let len = offset + if padded { lengths[bi] } else { t };
         for q in 0..t {
-            for k in 0..t {
-                let outside_window = window.is_some_and(|w| q >= k + w);
-                if (causal && k > q) || k >= len || outside_window {
-                    chunk[q * t + k] = NEG;
+            let qa = q + offset;
+            for k in 0..tk {
+                let outside_window = window.is_some_and(|w| qa >= k + w);
+                if (causal && k > qa) || k >= len || outside_window {
+                    chunk[q * tk + k] = NEG;
                 }
             }
         }
     }
-    Ok(Some(Tensor::from_vec(m, (b, 1, t, t), device)?))
+    Ok(Some(Tensor::from_vec(m, (b, 1, t, tk), device)?))
 }

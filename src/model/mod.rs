@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod generate;
 pub mod gpt2;
 pub mod hooks;
 pub mod hub;
@@ -19,7 +20,7 @@ pub mod weights;
 pub use config::{Arch, ModelConfig};
 pub use hooks::{HookSet, Intervention, Op, Site, SiteKind};
 pub use tokenizer::Tokenizer;
-pub use transformer::{Batch, Transformer};
+pub use transformer::{Batch, KvCache, Transformer};
 
 use crate::error::user_error;
 use anyhow::Result;

@@ -116,11 +116,12 @@ impl Transformer {
         out
     }
 
-    fn check_input(&self, batch: &Batch) -> Result<()> {
+    fn check_input(&self, batch: &Batch, offset: usize) -> Result<()> {
         let (_, t) = batch.dims();
-        if t > self.cfg.n_ctx {
+        if t + offset > self.cfg.n_ctx {
             return Err(user_error(format!(
-                "the text has {t} tokens but the model's context is {} tokens",
+                "the text has {} tokens but the model's context is {} tokens",
+                t + offset,
                 self.cfg.n_ctx
             )));
         }
@@ -137,7 +138,23 @@ impl Transformer {
     /// Run the model. Returns the logits [B, T, vocab] when they are computed (a model with an LM
     /// head and hooks that need them), `None` when the pass stopped early.
     pub fn forward(&self, batch: &Batch, hooks: &mut HookSet) -> Result<Option<Tensor>> {
-        self.check_input(batch)?;
+        self.forward_cached(batch, hooks, None)
+    }
+
+    /// `forward` continuing from the keys and values in `cache` (one sequence, no padding), and
+    /// extending it: what generation runs for each new token.
+    pub fn forward_cached(
+        &self,
+        batch: &Batch,
+        hooks: &mut HookSet,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Option<Tensor>> {
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if cache.is_some() && batch.lengths.len() != 1 {
+            anyhow::bail!("a key/value cache holds one sequence, not a batch of {}", batch.lengths.len());
+        }
+        self.check_input(batch, offset)?;
+        hooks.position_offset = offset;
         let (b, t) = batch.dims();
         let diff = hooks.differentiable;
         let stop = hooks.stop_after_layer();
@@ -151,7 +168,7 @@ impl Transformer {
         let tok = hooks.apply(Site::Embed, tok)?;
         let mut x = tok;
         if let Some(pos) = &self.embed.pos {
-            x = x.broadcast_add(&pos.narrow(0, 0, t)?)?;
+            x = x.broadcast_add(&pos.narrow(0, offset, t)?)?;
         }
         if let Some(tt) = &self.embed.token_type {
             // single-segment input: token type 0 everywhere
@@ -165,6 +182,7 @@ impl Transformer {
         let mask = attention_mask(
             &batch.lengths,
             t,
+            offset,
             causal,
             self.cfg.sliding_window,
             &self.device,
@@ -181,7 +199,7 @@ impl Transformer {
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
-                        &batch.lengths,
+                        (&batch.lengths, offset, cache.as_deref_mut()),
                         diff,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -198,7 +216,7 @@ impl Transformer {
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
-                        &batch.lengths,
+                        (&batch.lengths, offset, cache.as_deref_mut()),
                         diff,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -208,7 +226,7 @@ impl Transformer {
                     ((x + a)? + m)?
                 }
                 Residual::PostLn => {
-                    let a = self.attention(l, block, &x, mask.as_ref(), &batch.lengths, diff)?;
+                    let a = self.attention(l, block, &x, mask.as_ref(), (&batch.lengths, offset, cache.as_deref_mut()), diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
@@ -224,6 +242,9 @@ impl Transformer {
             }
         }
 
+        if let Some(c) = cache {
+            c.len += t;
+        }
         let (Some(norm), Some(unembed)) = (&self.final_norm, &self.unembed) else {
             return Ok(None);
         };
@@ -242,7 +263,7 @@ impl Transformer {
         block: &Block,
         x: &Tensor,
         mask: Option<&Tensor>,
-        lengths: &[usize],
+        (lengths, offset, cache): (&[usize], usize, Option<&mut KvCache>),
         diff: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -254,10 +275,11 @@ impl Transformer {
         }
         let fast_mask = AttnMask {
             lengths,
+            offset,
             causal: self.cfg.residual != Residual::PostLn,
             window: self.cfg.sliding_window,
         };
-        if !diff && self.rope.is_none() {
+        if !diff && self.rope.is_none() && cache.is_none() {
             if let Some(ctx) = kernels::attention_fused(&qkv, h, hkv, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
             }
@@ -271,11 +293,22 @@ impl Transformer {
         };
         let mut q = split(0, h)?;
         let mut k = split(h * dh, hkv)?;
-        let v = split((h + hkv) * dh, hkv)?;
+        let mut v = split((h + hkv) * dh, hkv)?;
         if let Some(rope) = &self.rope {
-            q = rope.apply(&q, diff)?;
-            k = rope.apply(&k, diff)?;
+            q = rope.apply(&q, diff, offset)?;
+            k = rope.apply(&k, diff, offset)?;
         }
+        if let Some(cache) = cache {
+            if cache.layers.len() < self.blocks.len() {
+                cache.layers.resize(self.blocks.len(), None);
+            }
+            if let Some((pk, pv)) = &cache.layers[l] {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.layers[l] = Some((k.clone(), v.clone()));
+        }
+        let tk = k.dim(2)?;
         if !diff {
             if let Some(ctx) = kernels::attention(&q, &k, &v, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
@@ -285,12 +318,12 @@ impl Transformer {
         // key/value head are consecutive, so they fold into the row dimension of one matmul.
         let n_rep = h / hkv;
         let qg = q.contiguous()?.reshape((b, hkv, n_rep * t, dh))?;
-        let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, t))?;
+        let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = softmax_last(&scores, diff)?.reshape((b, hkv, n_rep * t, t))?;
+        let probs = softmax_last(&scores, diff)?.reshape((b, hkv, n_rep * t, tk))?;
         let ctx = probs
             .matmul(&v)?
             .reshape((b, h, t, dh))?
@@ -327,6 +360,15 @@ impl Transformer {
         let out = block.mlp.down.forward(&post, hooks.differentiable)?;
         Ok(Some(hooks.apply(Site::Block(l, SiteKind::MlpOut), out)?))
     }
+}
+
+/// Keys and values of the positions run so far (after rotary), per layer: each generation step
+/// then runs only the new token.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions held.
+    pub len: usize,
 }
 
 /// What an architecture's loader hands back: embeddings, blocks, final norm, unembedding.
