@@ -3,7 +3,11 @@
 //! Pipeline (see DESIGN.md): `model` loads checkpoints and runs them with hook points; later stages
 //! (corpus, record, atlas, analyze, intervene, serve) build on it; `cli` is a thin layer on top.
 
+pub mod atlas;
 pub mod cli;
+pub mod corpus;
 pub mod error;
+pub mod intervene;
 pub mod model;
 pub mod output;
+pub mod record;

@@ -1,8 +1,12 @@
 //! `ftri <verb>`: argument parsing and the human/JSON presentation of each stage's results.
 
+pub mod atlas;
 pub mod bench;
 pub mod info;
+pub mod merge;
 pub mod plant;
+pub mod record;
+pub mod show;
 pub mod trace;
 
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +32,14 @@ pub enum Command {
     Plant(plant::PlantArgs),
     /// Throughput and peak memory of capturing hook points; the machine's matmul GFLOP/s
     Bench(bench::BenchArgs),
+    /// Run a model over a corpus and write a per-unit atlas (statistics and top examples)
+    Record(record::RecordArgs),
+    /// One unit of an atlas: statistics and top examples in context
+    Show(show::ShowArgs),
+    /// Combine atlases recorded as shards (--shard i/n) into one
+    Merge(merge::MergeArgs),
+    /// Per-layer summary of an atlas: fire rates, dead and most selective units
+    Atlas(atlas::AtlasArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -73,5 +85,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(a) => trace::run(a),
         Command::Plant(a) => plant::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Record(a) => record::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Atlas(a) => atlas::run(a),
     }
 }

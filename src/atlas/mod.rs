@@ -1,0 +1,591 @@
+//! The `atlas` stage: the on-disk form of a recording (manifest.json + safetensors), written
+//! atomically; opening one for per-unit queries; merging shards. See docs/atlas.md.
+
+pub mod tensors;
+
+use crate::corpus::CorpusFile;
+use crate::error::user_error;
+use crate::record::state::{HistSpec, SiteState, TopSpec};
+use crate::record::RecordState;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tensors::{Raw, TensorFile};
+
+pub const FORMAT: &str = "ftri-atlas";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    pub arch: String,
+    pub config_sha256: String,
+    pub tokenizer_sha256: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub d_mlp: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CorpusInfo {
+    pub files: Vec<CorpusFile>,
+    pub text_field: String,
+}
+
+/// Everything that changes what is recorded; atlases merge only when these agree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    pub ctx: usize,
+    pub top_k: usize,
+    pub context_before: usize,
+    pub context_after: usize,
+    pub hist: HistSpec,
+}
+
+impl Settings {
+    pub fn top(&self) -> TopSpec {
+        TopSpec {
+            k: self.top_k,
+            before: self.context_before,
+            after: self.context_after,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SiteInfo {
+    pub name: String,
+    pub units: usize,
+}
+
+/// Which shards of `count` an atlas holds (`indices`); absent for a whole-corpus atlas.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shard {
+    pub count: usize,
+    pub indices: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub ftri_version: String,
+    /// False for a checkpoint of an unfinished run.
+    pub complete: bool,
+    pub model: ModelInfo,
+    pub corpus: CorpusInfo,
+    pub settings: Settings,
+    pub sites: Vec<SiteInfo>,
+    pub shard: Option<Shard>,
+    pub tokens: u64,
+    pub docs: u64,
+    pub windows: u64,
+    pub skipped_empty: u64,
+    pub skipped_not_utf8: u64,
+    /// Documents numbered below this are recorded (or belong to another shard).
+    pub next_doc: u64,
+}
+
+impl Manifest {
+    /// Copy the counters of `state` into the manifest.
+    pub fn set_counts(&mut self, s: &RecordState) {
+        self.tokens = s.tokens;
+        self.docs = s.docs;
+        self.windows = s.windows;
+        self.skipped_empty = s.skipped_empty;
+        self.skipped_not_utf8 = s.skipped_not_utf8;
+        self.next_doc = s.next_doc;
+    }
+
+    /// Why `other` cannot be combined with (or resumed as) this atlas, if it cannot.
+    pub fn incompatibility(&self, other: &Manifest) -> Option<String> {
+        let m = (&self.model, &other.model);
+        if m.0.config_sha256 != m.1.config_sha256 || m.0.tokenizer_sha256 != m.1.tokenizer_sha256 {
+            return Some(format!(
+                "different models ({} vs {}: config.json/tokenizer.json differ)",
+                m.0.id, m.1.id
+            ));
+        }
+        if self.sites != other.sites {
+            return Some("different hook points".into());
+        }
+        if self.settings != other.settings {
+            return Some(format!(
+                "different settings ({:?} vs {:?})",
+                self.settings, other.settings
+            ));
+        }
+        let key = |c: &CorpusInfo| {
+            c.files
+                .iter()
+                .map(|f| (f.size, f.sha256.clone()))
+                .collect::<Vec<_>>()
+        };
+        if key(&self.corpus) != key(&other.corpus)
+            || self.corpus.text_field != other.corpus.text_field
+        {
+            return Some("different corpora (files, contents or --text-field differ)".into());
+        }
+        None
+    }
+}
+
+const MANIFEST: &str = "manifest.json";
+const STATS: &str = "stats.safetensors";
+const TOPK: &str = "topk.safetensors";
+const TOKENIZER: &str = "tokenizer.json";
+
+fn stats_tensors(state: &RecordState, hist: &HistSpec) -> Vec<(String, Raw)> {
+    let mut t = vec![(
+        "hist_edges".to_string(),
+        Raw::new(&hist.edges(), &[hist.bins + 1]),
+    )];
+    for s in &state.sites {
+        let u = s.units;
+        let count: Vec<i64> = s.count.iter().map(|&c| c as i64).collect();
+        let var: Vec<f64> = (0..u).map(|i| s.var(i)).collect();
+        let fire: Vec<i64> = s.fire.iter().map(|&c| c as i64).collect();
+        let hist_v: Vec<i64> = s.hist.iter().map(|&c| c as i64).collect();
+        let n = &s.name;
+        t.push((format!("{n}.count"), Raw::new(&count, &[u])));
+        t.push((format!("{n}.mean"), Raw::new(&s.mean, &[u])));
+        t.push((format!("{n}.var"), Raw::new(&var, &[u])));
+        t.push((format!("{n}.min"), Raw::new(&s.min, &[u])));
+        t.push((format!("{n}.max"), Raw::new(&s.max, &[u])));
+        t.push((format!("{n}.fire"), Raw::new(&fire, &[u])));
+        t.push((format!("{n}.hist"), Raw::new(&hist_v, &[u, hist.slots()])));
+    }
+    t
+}
+
+fn topk_tensors(state: &RecordState, top: &TopSpec) -> Vec<(String, Raw)> {
+    let mut t = Vec::new();
+    for s in &state.sites {
+        let (u, k, n) = (s.units, top.k, &s.name);
+        t.push((format!("{n}.top_act"), Raw::new(&s.top_act, &[u, k])));
+        t.push((format!("{n}.top_doc"), Raw::new(&s.top_doc, &[u, k])));
+        t.push((format!("{n}.top_pos"), Raw::new(&s.top_pos, &[u, k])));
+        t.push((
+            format!("{n}.top_ctx"),
+            Raw::new(&s.top_ctx, &[u, k, top.ctx_len()]),
+        ));
+    }
+    t
+}
+
+/// Write the atlas files into the existing, empty folder `dir`.
+fn write_files(
+    dir: &Path,
+    manifest: &Manifest,
+    state: &RecordState,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    let io =
+        |p: &Path, e: std::io::Error| user_error(format!("{}: cannot write: {e}", p.display()));
+    tensors::write(
+        &dir.join(STATS),
+        &stats_tensors(state, &manifest.settings.hist),
+    )?;
+    tensors::write(
+        &dir.join(TOPK),
+        &topk_tensors(state, &manifest.settings.top()),
+    )?;
+    if let Some(src) = tokenizer {
+        std::fs::copy(src, dir.join(TOKENIZER)).map_err(|e| io(&dir.join(TOKENIZER), e))?;
+    }
+    // The manifest goes last: a folder without one is never mistaken for an atlas.
+    let p = dir.join(MANIFEST);
+    std::fs::write(&p, serde_json::to_string_pretty(manifest)?).map_err(|e| io(&p, e))?;
+    Ok(())
+}
+
+/// Write a finished atlas at `out` (a temporary folder, renamed when complete).
+pub fn write(
+    out: &Path,
+    manifest: &Manifest,
+    state: &RecordState,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    if out.exists() {
+        return Err(user_error(format!(
+            "{}: already exists (remove it or choose another --out)",
+            out.display()
+        )));
+    }
+    crate::output::write_atomic(out, |tmp| {
+        std::fs::create_dir(tmp)
+            .map_err(|e| user_error(format!("{}: cannot create: {e}", tmp.display())))?;
+        write_files(tmp, manifest, state, tokenizer)
+    })
+}
+
+/// Where the checkpoints of a run writing `out` live.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn checkpoint_staging(out: &Path) -> PathBuf {
+    let mut s = checkpoint_dir(out).into_os_string();
+    s.push(".new");
+    PathBuf::from(s)
+}
+
+/// Replace the checkpoint of `out`. Written beside it and swapped in, so a kill at any moment
+/// leaves one complete checkpoint (the old or the new one).
+pub fn write_checkpoint(
+    out: &Path,
+    manifest: &Manifest,
+    state: &RecordState,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    let dir = checkpoint_dir(out);
+    let staging = checkpoint_staging(out);
+    let io = |p: &Path, e: std::io::Error| user_error(format!("{}: {e}", p.display()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    }
+    std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
+    write_files(&staging, manifest, state, tokenizer)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(|e| io(&dir, e))?;
+    Ok(())
+}
+
+/// The newest complete checkpoint of a run writing `out`, if any.
+pub fn find_checkpoint(out: &Path) -> Option<PathBuf> {
+    [checkpoint_dir(out), checkpoint_staging(out)]
+        .into_iter()
+        .find(|d| d.join(MANIFEST).is_file())
+}
+
+pub fn remove_checkpoints(out: &Path) {
+    let _ = std::fs::remove_dir_all(checkpoint_dir(out));
+    let _ = std::fs::remove_dir_all(checkpoint_staging(out));
+}
+
+/// One unit's record, as `show` and the UI present it.
+#[derive(Debug, Clone)]
+pub struct UnitRecord {
+    pub site: String,
+    pub unit: usize,
+    pub count: u64,
+    pub mean: f64,
+    pub var: f64,
+    pub min: f32,
+    pub max: f32,
+    pub fire: u64,
+    pub hist: Vec<u64>,
+    pub top: Vec<TopExample>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopExample {
+    pub activation: f32,
+    pub doc: u64,
+    pub pos: u64,
+    /// Token ids around the example; `None` outside the document. The example is at `before`.
+    pub context: Vec<Option<u32>>,
+}
+
+/// An atlas opened for queries: the manifest parsed, the tensors memory-mapped.
+pub struct Atlas {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    stats: TensorFile,
+    topk: TensorFile,
+}
+
+impl Atlas {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mp = dir.join(MANIFEST);
+        if !dir.is_dir() {
+            return Err(user_error(format!(
+                "{}: no such atlas folder",
+                dir.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&mp).map_err(|e| {
+            user_error(format!(
+                "{}: not an atlas ({}: {e})",
+                dir.display(),
+                MANIFEST
+            ))
+        })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| user_error(format!("{}: invalid manifest: {e}", mp.display())))?;
+        if manifest.format != FORMAT || manifest.format_version > FORMAT_VERSION {
+            return Err(user_error(format!(
+                "{}: unsupported atlas format {} v{}",
+                mp.display(),
+                manifest.format,
+                manifest.format_version
+            )));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            stats: TensorFile::open(&dir.join(STATS))?,
+            topk: TensorFile::open(&dir.join(TOPK))?,
+            manifest,
+        })
+    }
+
+    pub fn tokenizer_path(&self) -> Option<PathBuf> {
+        Some(self.dir.join(TOKENIZER)).filter(|p| p.is_file())
+    }
+
+    /// Resolve `L.N` (neuron N of `blocks.L.mlp.hook_post`) or `SITE:N` to (site index, unit).
+    pub fn resolve(&self, spec: &str) -> Result<(usize, usize)> {
+        let bad = || {
+            user_error(format!(
+                "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
+            ))
+        };
+        let (site, unit) = match spec.rsplit_once(':') {
+            Some((s, n)) => (s.to_string(), n.parse::<usize>().map_err(|_| bad())?),
+            None => {
+                let (l, n) = spec.split_once('.').ok_or_else(bad)?;
+                let l: usize = l.parse().map_err(|_| bad())?;
+                let n: usize = n.parse().map_err(|_| bad())?;
+                (format!("blocks.{l}.mlp.hook_post"), n)
+            }
+        };
+        let si = self
+            .manifest
+            .sites
+            .iter()
+            .position(|s| s.name == site)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .manifest
+                    .sites
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                user_error(format!(
+                    "{}: `{spec}`: hook point {site} was not recorded (recorded: {})",
+                    self.dir.display(),
+                    names.join(", ")
+                ))
+            })?;
+        let units = self.manifest.sites[si].units;
+        if unit >= units {
+            return Err(user_error(format!(
+                "`{spec}`: unit {unit} out of range ({site} has {units} units, 0..{})",
+                units - 1
+            )));
+        }
+        Ok((si, unit))
+    }
+
+    /// One unit's statistics and top examples: reads a few bytes from the mapped files.
+    pub fn unit(&self, site: usize, u: usize) -> Result<UnitRecord> {
+        let SiteInfo { name, units } = &self.manifest.sites[site];
+        let n = *units;
+        let st = &self.manifest.settings;
+        let top = st.top();
+        let (k, l, slots) = (top.k, top.ctx_len(), st.hist.slots());
+        let one = |f: &str| format!("{name}.{f}");
+        let count = self.stats.read::<i64>(&one("count"), &[n], u, 1)?[0] as u64;
+        let acts = self.topk.read::<f32>(&one("top_act"), &[n, k], u * k, k)?;
+        let docs = self.topk.read::<i64>(&one("top_doc"), &[n, k], u * k, k)?;
+        let poss = self.topk.read::<i64>(&one("top_pos"), &[n, k], u * k, k)?;
+        let ctx = self
+            .topk
+            .read::<u32>(&one("top_ctx"), &[n, k, l], u * k * l, k * l)?;
+        let top = (0..k)
+            .filter(|&r| docs[r] >= 0)
+            .map(|r| TopExample {
+                activation: acts[r],
+                doc: docs[r] as u64,
+                pos: poss[r] as u64,
+                context: ctx[r * l..(r + 1) * l]
+                    .iter()
+                    .map(|&t| (t != crate::record::NO_TOKEN).then_some(t))
+                    .collect(),
+            })
+            .collect();
+        Ok(UnitRecord {
+            site: name.clone(),
+            unit: u,
+            count,
+            mean: self.stats.read::<f64>(&one("mean"), &[n], u, 1)?[0],
+            var: self.stats.read::<f64>(&one("var"), &[n], u, 1)?[0],
+            min: self.stats.read::<f32>(&one("min"), &[n], u, 1)?[0],
+            max: self.stats.read::<f32>(&one("max"), &[n], u, 1)?[0],
+            fire: self.stats.read::<i64>(&one("fire"), &[n], u, 1)?[0] as u64,
+            hist: self
+                .stats
+                .read::<i64>(&one("hist"), &[n, slots], u * slots, slots)?
+                .into_iter()
+                .map(|c| c as u64)
+                .collect(),
+            top,
+        })
+    }
+
+    /// A per-site statistic for all units (`count`, `mean`, `var`, `min`, `max`, `fire`).
+    pub fn column_f64(&self, site: usize, field: &str) -> Result<Vec<f64>> {
+        let SiteInfo { name, units } = &self.manifest.sites[site];
+        let key = format!("{name}.{field}");
+        let shape = [*units];
+        Ok(match field {
+            "count" | "fire" => self
+                .stats
+                .read_all::<i64>(&key, &shape)?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            "min" | "max" => self
+                .stats
+                .read_all::<f32>(&key, &shape)?
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            _ => self.stats.read_all::<f64>(&key, &shape)?,
+        })
+    }
+
+    /// The whole recorded state, for merging or resuming.
+    pub fn load_state(&self) -> Result<RecordState> {
+        let st = &self.manifest.settings;
+        let top = st.top();
+        let (k, l, slots) = (top.k, top.ctx_len(), st.hist.slots());
+        let m = &self.manifest;
+        let mut sites = Vec::new();
+        for info in &m.sites {
+            let (n, name) = (info.units, &info.name);
+            let key = |f: &str| format!("{name}.{f}");
+            let count: Vec<u64> = self
+                .stats
+                .read_all::<i64>(&key("count"), &[n])?
+                .into_iter()
+                .map(|c| c as u64)
+                .collect();
+            let var = self.stats.read_all::<f64>(&key("var"), &[n])?;
+            let m2 = count
+                .iter()
+                .zip(&var)
+                .map(|(&c, &v)| v * c as f64)
+                .collect();
+            sites.push(SiteState {
+                name: name.clone(),
+                units: n,
+                mean: self.stats.read_all(&key("mean"), &[n])?,
+                m2,
+                count,
+                min: self.stats.read_all(&key("min"), &[n])?,
+                max: self.stats.read_all(&key("max"), &[n])?,
+                fire: self
+                    .stats
+                    .read_all::<i64>(&key("fire"), &[n])?
+                    .into_iter()
+                    .map(|c| c as u64)
+                    .collect(),
+                hist: self
+                    .stats
+                    .read_all::<i64>(&key("hist"), &[n, slots])?
+                    .into_iter()
+                    .map(|c| c as u64)
+                    .collect(),
+                top_act: self.topk.read_all(&key("top_act"), &[n, k])?,
+                top_doc: self.topk.read_all(&key("top_doc"), &[n, k])?,
+                top_pos: self.topk.read_all(&key("top_pos"), &[n, k])?,
+                top_ctx: self.topk.read_all(&key("top_ctx"), &[n, k, l])?,
+            });
+        }
+        Ok(RecordState {
+            sites,
+            tokens: m.tokens,
+            docs: m.docs,
+            windows: m.windows,
+            skipped_empty: m.skipped_empty,
+            skipped_not_utf8: m.skipped_not_utf8,
+            next_doc: m.next_doc,
+        })
+    }
+}
+
+/// Combine shards of one recording into one atlas (manifest and state). Refuses atlases that
+/// differ in model, settings or corpus, unfinished ones, and shards that overlap.
+pub fn merge(paths: &[PathBuf]) -> Result<(Manifest, RecordState, Option<PathBuf>)> {
+    if paths.len() < 2 {
+        return Err(user_error("merge needs at least two atlases"));
+    }
+    let first = Atlas::open(&paths[0])?;
+    let mut manifest = first.manifest.clone();
+    let tokenizer = first.tokenizer_path();
+    let check_complete = |a: &Atlas| {
+        if a.manifest.complete {
+            Ok(())
+        } else {
+            Err(user_error(format!(
+                "{}: unfinished recording (a checkpoint); finish it with `ftri record --resume`",
+                a.dir.display()
+            )))
+        }
+    };
+    check_complete(&first)?;
+    let mut state = first.load_state()?;
+    let top = manifest.settings.top();
+    let mut covered: Option<Shard> = manifest.shard.clone();
+    for p in &paths[1..] {
+        let a = Atlas::open(p)?;
+        check_complete(&a)?;
+        if let Some(why) = manifest.incompatibility(&a.manifest) {
+            return Err(user_error(format!(
+                "cannot merge {} with {}: {why}",
+                paths[0].display(),
+                p.display()
+            )));
+        }
+        let overlap = || {
+            user_error(format!(
+                "cannot merge {}: it overlaps the atlases before it (merge the shards i/n of one run, each once)",
+                p.display()
+            ))
+        };
+        covered = match (covered, &a.manifest.shard) {
+            (Some(c), Some(s)) if c.count == s.count => {
+                if s.indices.iter().any(|i| c.indices.contains(i)) {
+                    return Err(overlap());
+                }
+                let mut indices = c.indices;
+                indices.extend(&s.indices);
+                indices.sort_unstable();
+                Some(Shard {
+                    count: c.count,
+                    indices,
+                })
+            }
+            (Some(c), Some(s)) => {
+                return Err(user_error(format!(
+                    "cannot merge {}: shard of {} runs, the others are of {}",
+                    p.display(),
+                    s.count,
+                    c.count
+                )))
+            }
+            _ => return Err(overlap()),
+        };
+        state.merge(&a.load_state()?, &top);
+    }
+    // All shards together are the whole corpus, exactly as one unsharded run.
+    manifest.shard = covered.filter(|c| c.indices.len() < c.count);
+    manifest.set_counts(&state);
+    Ok((manifest, state, tokenizer))
+}
+
+/// The name users type for a unit: `L.N` for `blocks.L.mlp.hook_post`, else `HOOK:N`.
+pub fn unit_name(site: &str, unit: usize) -> String {
+    match site
+        .strip_prefix("blocks.")
+        .and_then(|r| r.strip_suffix(".mlp.hook_post"))
+    {
+        Some(l) if l.parse::<usize>().is_ok() => format!("{l}.{unit}"),
+        _ => format!("{site}:{unit}"),
+    }
+}

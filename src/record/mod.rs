@@ -1,0 +1,227 @@
+//! The `record` stage: run a model over a corpus and keep, for every unit of the chosen hook
+//! points, mergeable statistics and its top-k examples, without holding the corpus's activations.
+//!
+//! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations.
+//! Writing the state to disk is the caller's job (the atlas stage), through `checkpoint`.
+
+pub mod state;
+
+use crate::corpus::{windows, Documents, Skip};
+use crate::model::{HookSet, Model, Site};
+use anyhow::{anyhow, Result};
+use candle_core::DType;
+use state::{update_sites, HistSpec, Row, SiteState, TopSpec};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub use state::NO_TOKEN;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sites: Vec<Site>,
+    /// Window length in tokens.
+    pub ctx: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+    pub top: TopSpec,
+    pub hist: HistSpec,
+    /// `(i, n)`: record only documents with `doc % n == i`.
+    pub shard: Option<(usize, usize)>,
+    /// Stop reading new documents once this many tokens were read.
+    pub max_tokens: Option<u64>,
+    pub checkpoint_every: Duration,
+    /// Testing aid: checkpoint and stop once this many documents were recorded (a simulated kill).
+    pub stop_after_docs: Option<u64>,
+}
+
+/// Everything recorded so far, and where in the corpus the next document starts.
+#[derive(Debug, Clone)]
+pub struct RecordState {
+    pub sites: Vec<SiteState>,
+    pub tokens: u64,
+    pub docs: u64,
+    pub windows: u64,
+    pub skipped_empty: u64,
+    pub skipped_not_utf8: u64,
+    /// Documents with a lower number are fully recorded (or not in this shard).
+    pub next_doc: u64,
+}
+
+impl RecordState {
+    pub fn new(sites: &[(String, usize)], hist: &HistSpec, top: &TopSpec) -> Self {
+        Self {
+            sites: sites
+                .iter()
+                .map(|(n, u)| SiteState::new(n.clone(), *u, hist, top))
+                .collect(),
+            tokens: 0,
+            docs: 0,
+            windows: 0,
+            skipped_empty: 0,
+            skipped_not_utf8: 0,
+            next_doc: 0,
+        }
+    }
+
+    /// Fold in a state recorded over other documents of the same corpus.
+    pub fn merge(&mut self, other: &RecordState, top: &TopSpec) {
+        for (a, b) in self.sites.iter_mut().zip(&other.sites) {
+            a.merge(b, top);
+        }
+        self.tokens += other.tokens;
+        self.docs += other.docs;
+        self.windows += other.windows;
+        self.skipped_empty += other.skipped_empty;
+        self.skipped_not_utf8 += other.skipped_not_utf8;
+        self.next_doc = self.next_doc.max(other.next_doc);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The corpus (or --max-tokens) is done.
+    Finished,
+    /// Stopped early on request, after a checkpoint.
+    Stopped,
+}
+
+struct Pending {
+    doc: u64,
+    start: usize,
+    len: usize,
+    tokens: Rc<Vec<u32>>,
+}
+
+/// Record `docs` into `state`, resuming after `state.next_doc`. `progress` is called after every
+/// batch with the corpus bytes read; `checkpoint` at document boundaries every
+/// `checkpoint_every`, with every document below `state.next_doc` fully recorded.
+pub fn run(
+    model: &Model,
+    docs: &mut Documents,
+    s: &Settings,
+    state: &mut RecordState,
+    mut progress: impl FnMut(&RecordState, u64),
+    mut checkpoint: impl FnMut(&RecordState) -> Result<()>,
+) -> Result<Outcome> {
+    let mut queue: std::collections::VecDeque<Pending> = Default::default();
+    let mut tokens_read = state.tokens;
+    let mut eof = false;
+    let mut stop = false;
+    // While draining, no new documents are read, so that the queue empties at a document boundary.
+    let mut draining = false;
+    let mut last_checkpoint = Instant::now();
+    loop {
+        while !eof && !draining && queue.len() < s.batch {
+            let Some(doc) = docs.next_doc()? else {
+                eof = true;
+                break;
+            };
+            if doc.index < state.next_doc {
+                continue;
+            }
+            state.next_doc = doc.index + 1;
+            if let Some((i, n)) = s.shard {
+                if doc.index % n as u64 != i as u64 {
+                    continue;
+                }
+            }
+            let text = match doc.text {
+                Ok(t) => t,
+                Err(Skip::Empty) => {
+                    state.skipped_empty += 1;
+                    continue;
+                }
+                Err(Skip::NotUtf8) => {
+                    state.skipped_not_utf8 += 1;
+                    continue;
+                }
+            };
+            let ids = model.tokenizer.encode(&text)?;
+            if ids.is_empty() {
+                state.skipped_empty += 1;
+                continue;
+            }
+            tokens_read += ids.len() as u64;
+            let ids = Rc::new(ids);
+            for w in windows(ids.len(), s.ctx) {
+                queue.push_back(Pending {
+                    doc: doc.index,
+                    start: w.start,
+                    len: w.len,
+                    tokens: ids.clone(),
+                });
+            }
+            state.docs += 1;
+            if s.max_tokens.is_some_and(|m| tokens_read >= m) {
+                eof = true;
+            }
+            if s.stop_after_docs.is_some_and(|m| state.docs >= m) {
+                stop = true;
+                draining = true;
+            }
+        }
+        if queue.is_empty() {
+            // At the end the caller writes the finished atlas; a checkpoint then would be wasted.
+            if eof && !stop {
+                return Ok(Outcome::Finished);
+            }
+            if draining {
+                checkpoint(state)?;
+                last_checkpoint = Instant::now();
+                draining = false;
+                if stop {
+                    return Ok(Outcome::Stopped);
+                }
+            }
+            continue;
+        }
+        let n = queue.len().min(s.batch);
+        let batch: Vec<Pending> = queue.drain(..n).collect();
+        record_batch(model, s, state, &batch)?;
+        progress(state, docs.bytes_read());
+        if last_checkpoint.elapsed() >= s.checkpoint_every {
+            draining = true;
+        }
+    }
+}
+
+fn record_batch(
+    model: &Model,
+    s: &Settings,
+    state: &mut RecordState,
+    batch: &[Pending],
+) -> Result<()> {
+    let seqs: Vec<Vec<u32>> = batch
+        .iter()
+        .map(|w| w.tokens[w.start..w.start + w.len].to_vec())
+        .collect();
+    let b = model.batch(&seqs)?;
+    let mut hooks = HookSet::capturing(s.sites.iter().copied());
+    model.forward(&b, &mut hooks)?;
+    let mut acts = Vec::with_capacity(s.sites.len());
+    let mut t_len = 0;
+    for site in &s.sites {
+        let x = hooks
+            .take(*site)
+            .ok_or_else(|| anyhow!("hook {site} was not reached"))?;
+        let (_, t, _) = x.dims3()?;
+        t_len = t;
+        acts.push(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    drop(hooks);
+    let mut rows = Vec::with_capacity(batch.iter().map(|w| w.len).sum());
+    for (bi, w) in batch.iter().enumerate() {
+        for ti in 0..w.len {
+            rows.push(Row {
+                offset: bi * t_len + ti,
+                doc: w.doc,
+                pos: w.start + ti,
+                doc_tokens: &w.tokens,
+            });
+        }
+    }
+    update_sites(&mut state.sites, &acts, &rows, &s.hist, &s.top);
+    state.tokens += rows.len() as u64;
+    state.windows += batch.len() as u64;
+    Ok(())
+}
