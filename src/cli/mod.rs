@@ -2,7 +2,9 @@
 
 pub mod atlas;
 pub mod bench;
+pub mod generate;
 pub mod info;
+pub mod lesion;
 pub mod merge;
 pub mod plant;
 pub mod record;
@@ -40,6 +42,10 @@ pub enum Command {
     Merge(merge::MergeArgs),
     /// Per-layer summary of an atlas: fire rates, dead and most selective units
     Atlas(atlas::AtlasArgs),
+    /// Silence or drive neurons and measure the change on evaluation prompts (with random baselines)
+    Lesion(lesion::LesionArgs),
+    /// Generate text, optionally with neurons held at a value on every step
+    Generate(generate::GenerateArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -85,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(a) => trace::run(a),
         Command::Plant(a) => plant::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Lesion(a) => lesion::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Record(a) => record::run(a),
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),
