@@ -16,7 +16,11 @@ fn full_logits(m: &Model, ids: &[u32], ivs: &[Intervention]) -> Tensor {
     for iv in ivs {
         h.intervene(iv.clone());
     }
-    m.forward(&m.batch(&[ids.to_vec()]).unwrap(), &mut h).unwrap().unwrap().get(0).unwrap()
+    m.forward(&m.batch(&[ids.to_vec()]).unwrap(), &mut h)
+        .unwrap()
+        .unwrap()
+        .get(0)
+        .unwrap()
 }
 
 #[test]
@@ -37,14 +41,38 @@ fn cached_steps_match_full_forward() {
         let want = full_logits(&m, &all, std::slice::from_ref(&iv));
         let mut cache = KvCache::default();
         let mut pos = 0;
-        for chunk in [prompt.clone(), extra[..1].to_vec(), extra[1..3].to_vec(), extra[3..].to_vec()] {
+        for chunk in [
+            prompt.clone(),
+            extra[..1].to_vec(),
+            extra[1..3].to_vec(),
+            extra[3..].to_vec(),
+        ] {
             let mut h = HookSet::new();
             h.intervene(iv.clone());
-            let got = m.net.forward_cached(&m.batch(&[chunk.clone()]).unwrap(), &mut h, Some(&mut cache)).unwrap().unwrap();
+            let got = m
+                .net
+                .forward_cached(
+                    &m.batch(&[chunk.clone()]).unwrap(),
+                    &mut h,
+                    Some(&mut cache),
+                )
+                .unwrap()
+                .unwrap();
             let got = got.get(0).unwrap();
             let w = want.narrow(0, pos, chunk.len()).unwrap();
-            let d = (got - w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(d < 1e-4, "{name}: positions {pos}..{}: max diff {d}", pos + chunk.len());
+            let d = (got - w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                d < 1e-4,
+                "{name}: positions {pos}..{}: max diff {d}",
+                pos + chunk.len()
+            );
             pos += chunk.len();
         }
         assert_eq!(cache.len, all.len());
@@ -55,17 +83,34 @@ fn cached_steps_match_full_forward() {
 fn greedy_generation_follows_the_argmax() {
     let m = load("llama");
     let prompt = m.encode("The dog was").unwrap();
-    let opts = GenerateOptions { max_new_tokens: 6, temperature: 0.0, seed: 0 };
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        temperature: 0.0,
+        seed: 0,
+    };
     let out = generate(&m, &prompt, &[], &opts).unwrap();
     assert!(!out.is_empty());
     let mut seq = prompt.clone();
     for &tok in &out {
         let logits = full_logits(&m, &seq, &[]);
-        let argmax = logits.get(seq.len() - 1).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let argmax = logits
+            .get(seq.len() - 1)
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
         assert_eq!(tok, argmax);
         seq.push(tok);
     }
     // sampling is reproducible for a seed
-    let s = GenerateOptions { max_new_tokens: 6, temperature: 1.0, seed: 7 };
-    assert_eq!(generate(&m, &prompt, &[], &s).unwrap(), generate(&m, &prompt, &[], &s).unwrap());
+    let s = GenerateOptions {
+        max_new_tokens: 6,
+        temperature: 1.0,
+        seed: 7,
+    };
+    assert_eq!(
+        generate(&m, &prompt, &[], &s).unwrap(),
+        generate(&m, &prompt, &[], &s).unwrap()
+    );
 }

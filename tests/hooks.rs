@@ -95,7 +95,8 @@ fn interventions_touch_only_selected_units_and_positions() {
     let base = run_with(&m, vec![], &sites);
     let a0 = base.get(post(0)).unwrap().squeeze(0).unwrap();
     let t = a0.dim(0).unwrap();
-    let cases: Vec<(Op, Box<dyn Fn(f32) -> f32>)> = vec![
+    type Expected = Box<dyn Fn(f32) -> f32>;
+    let cases: Vec<(Op, Expected)> = vec![
         (Op::Zero, Box::new(|_| 0.0)),
         (Op::Scale(3.0), Box::new(|x| 3.0 * x)),
         (Op::Set(5.5), Box::new(|_| 5.5)),

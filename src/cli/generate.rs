@@ -50,12 +50,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => vec![],
     };
     let prompt = model.encode(&a.prompt)?;
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, seed: a.seed };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+    };
     let ids = generate(&model, &prompt, &ivs, &opts)?;
     // decode prompt and completion together so word boundaries come out as the tokenizer means
     let prompt_text = model.tokenizer.decode(&prompt);
-    let full = model.tokenizer.decode(&[prompt.as_slice(), ids.as_slice()].concat());
-    let text = full.strip_prefix(&prompt_text).map(String::from).unwrap_or_else(|| model.tokenizer.decode(&ids));
+    let full = model
+        .tokenizer
+        .decode(&[prompt.as_slice(), ids.as_slice()].concat());
+    let text = full
+        .strip_prefix(&prompt_text)
+        .map(String::from)
+        .unwrap_or_else(|| model.tokenizer.decode(&ids));
     if a.json {
         let out = json!({"prompt": a.prompt, "completion": text, "ids": ids,
             "tokens": ids.iter().map(|&i| model.tokenizer.token_text(i)).collect::<Vec<_>>()});

@@ -47,7 +47,11 @@ pub struct LesionArgs {
 pub fn parse_positions(s: Option<&str>) -> Result<Option<Vec<usize>>> {
     s.map(|s| {
         s.split(',')
-            .map(|p| p.trim().parse::<usize>().map_err(|_| user_error(format!("--positions: `{p}` is not a position"))))
+            .map(|p| {
+                p.trim()
+                    .parse::<usize>()
+                    .map_err(|_| user_error(format!("--positions: `{p}` is not a position")))
+            })
             .collect()
     })
     .transpose()
@@ -56,11 +60,19 @@ pub fn parse_positions(s: Option<&str>) -> Result<Option<Vec<usize>>> {
 /// Per-layer corpus means of the neurons, read from an atlas recorded on the same model.
 pub fn atlas_means(atlas: Option<&Path>, model: &Model, op: &OpSpec) -> Result<Option<Atlas>> {
     match (atlas, op.needs_atlas()) {
-        (None, true) => Err(user_error(format!("--op {op} needs --atlas (an atlas of this model from `ftri record`)"))),
+        (None, true) => Err(user_error(format!(
+            "--op {op} needs --atlas (an atlas of this model from `ftri record`)"
+        ))),
         (Some(p), _) => {
             let a = Atlas::open(p)?;
-            if a.manifest.model.d_mlp != model.cfg.d_mlp || a.manifest.model.n_layers != model.cfg.n_layers {
-                return Err(user_error(format!("{}: recorded on a model of another shape than {}", p.display(), model.id)));
+            if a.manifest.model.d_mlp != model.cfg.d_mlp
+                || a.manifest.model.n_layers != model.cfg.n_layers
+            {
+                return Err(user_error(format!(
+                    "{}: recorded on a model of another shape than {}",
+                    p.display(),
+                    model.id
+                )));
             }
             Ok(Some(a))
         }
@@ -68,14 +80,31 @@ pub fn atlas_means(atlas: Option<&Path>, model: &Model, op: &OpSpec) -> Result<O
     }
 }
 
-pub fn build(model: &Model, set: &[Neuron], op: &OpSpec, positions: Option<&[usize]>, atlas: Option<&Atlas>) -> Result<Vec<Intervention>> {
+pub fn build(
+    model: &Model,
+    set: &[Neuron],
+    op: &OpSpec,
+    positions: Option<&[usize]>,
+    atlas: Option<&Atlas>,
+) -> Result<Vec<Intervention>> {
     let means = |layer: usize| -> Result<Vec<f32>> {
         let a = atlas.ok_or_else(|| user_error("--op mean needs --atlas"))?;
         let name = format!("blocks.{layer}.mlp.hook_post");
-        let site = a.manifest.sites.iter().position(|s| s.name == name).ok_or_else(|| {
-            user_error(format!("{}: the atlas did not record {name}", a.dir.display()))
-        })?;
-        Ok(a.column_f64(site, "mean")?.into_iter().map(|x| x as f32).collect())
+        let site = a
+            .manifest
+            .sites
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| {
+                user_error(format!(
+                    "{}: the atlas did not record {name}",
+                    a.dir.display()
+                ))
+            })?;
+        Ok(a.column_f64(site, "mean")?
+            .into_iter()
+            .map(|x| x as f32)
+            .collect())
     };
     interventions(set, op, positions, model.cfg.d_mlp, &means)
 }
@@ -87,7 +116,11 @@ fn score_json(s: &Score) -> serde_json::Value {
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len().max(1) as f64;
     let m = xs.iter().sum::<f64>() / n;
-    let v = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let v = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, v.sqrt())
 }
 
@@ -125,7 +158,10 @@ pub fn run(a: LesionArgs) -> Result<()> {
         }
         let ((mlp, slp), (macc, sacc)) = (mean_std(&d_lp), mean_std(&d_acc));
         // how many random sets moved the metric at least as far as the chosen set did
-        let as_extreme = d_lp.iter().filter(|d| d.abs() >= delta.mean_logprob.abs()).count();
+        let as_extreme = d_lp
+            .iter()
+            .filter(|d| d.abs() >= delta.mean_logprob.abs())
+            .count();
         json!({
             "sets": a.random_baseline,
             "mean_delta": {"mean_logprob": mlp, "accuracy": macc},
@@ -151,9 +187,18 @@ pub fn run(a: LesionArgs) -> Result<()> {
     }
     println!("{} neurons, op {}, {} prompts", set.len(), op, items.len());
     println!("                 mean log p(target)   accuracy");
-    println!("baseline         {:>18.4}   {:>8.3}", base.mean_logprob, base.accuracy);
-    println!("intervened       {:>18.4}   {:>8.3}", hit.mean_logprob, hit.accuracy);
-    println!("delta            {:>+18.4}   {:>+8.3}", delta.mean_logprob, delta.accuracy);
+    println!(
+        "baseline         {:>18.4}   {:>8.3}",
+        base.mean_logprob, base.accuracy
+    );
+    println!(
+        "intervened       {:>18.4}   {:>8.3}",
+        hit.mean_logprob, hit.accuracy
+    );
+    println!(
+        "delta            {:>+18.4}   {:>+8.3}",
+        delta.mean_logprob, delta.accuracy
+    );
     if let Some(c) = out["control"].as_object() {
         println!(
             "control delta    {:>+18.4}   {:>+8.3}",

@@ -16,25 +16,32 @@ pub struct EvalItem {
 }
 
 pub fn read_eval(path: &Path) -> Result<Vec<EvalItem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let where_ = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| user_error(format!("{}: not a JSON object: {e}", where_())))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| user_error(format!("{}: not a JSON object: {e}", where_())))?;
         let field = |k: &str| -> Result<String> {
             v.get(k)
                 .and_then(|x| x.as_str())
                 .map(String::from)
                 .ok_or_else(|| user_error(format!("{}: missing string field `{k}`", where_())))
         };
-        items.push(EvalItem { prompt: field("prompt")?, target: field("target")? });
+        items.push(EvalItem {
+            prompt: field("prompt")?,
+            target: field("target")?,
+        });
     }
     if items.is_empty() {
-        return Err(user_error(format!("{}: no evaluation lines", path.display())));
+        return Err(user_error(format!(
+            "{}: no evaluation lines",
+            path.display()
+        )));
     }
     Ok(items)
 }
@@ -47,7 +54,10 @@ pub struct Score {
 
 impl Score {
     pub fn minus(&self, o: &Score) -> Score {
-        Score { mean_logprob: self.mean_logprob - o.mean_logprob, accuracy: self.accuracy - o.accuracy }
+        Score {
+            mean_logprob: self.mean_logprob - o.mean_logprob,
+            accuracy: self.accuracy - o.accuracy,
+        }
     }
 }
 
@@ -59,12 +69,18 @@ pub fn tokenize(model: &Model, items: &[EvalItem]) -> Result<Vec<(Vec<u32>, usiz
             let p = model.tokenizer.encode(&it.prompt)?;
             let t = model.tokenizer.encode_plain(&it.target)?;
             if p.is_empty() || t.is_empty() {
-                return Err(user_error(format!("prompt {:?} / target {:?}: both need at least one token", it.prompt, it.target)));
+                return Err(user_error(format!(
+                    "prompt {:?} / target {:?}: both need at least one token",
+                    it.prompt, it.target
+                )));
             }
             let mut ids = p.clone();
             ids.extend(&t);
             if ids.len() > model.cfg.n_ctx {
-                return Err(user_error(format!("prompt + target {:?} is longer than the model's context", it.prompt)));
+                return Err(user_error(format!(
+                    "prompt + target {:?} is longer than the model's context",
+                    it.prompt
+                )));
             }
             Ok((ids, p.len()))
         })
@@ -83,7 +99,12 @@ pub fn score(model: &Model, seqs: &[(Vec<u32>, usize)], ivs: &[Intervention]) ->
         }
         let logits = model
             .forward(&model.batch(&ids)?, &mut hooks)?
-            .ok_or_else(|| user_error(format!("{} has no LM head: lesion evaluation needs next-token logits", model.id)))?;
+            .ok_or_else(|| {
+                user_error(format!(
+                    "{} has no LM head: lesion evaluation needs next-token logits",
+                    model.id
+                ))
+            })?;
         let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
         for (b, (seq, plen)) in chunk.iter().enumerate() {
             let rows = logp.get(b)?;
@@ -97,5 +118,8 @@ pub fn score(model: &Model, seqs: &[(Vec<u32>, usize)], ivs: &[Intervention]) ->
         }
     }
     let n = seqs.len().max(1) as f64;
-    Ok(Score { mean_logprob: total_lp / n, accuracy: correct as f64 / n })
+    Ok(Score {
+        mean_logprob: total_lp / n,
+        accuracy: correct as f64 / n,
+    })
 }

@@ -26,14 +26,27 @@ impl std::fmt::Display for Neuron {
 impl Neuron {
     /// Parse `L.N` and check it against the model's shape.
     pub fn parse(s: &str, cfg: &ModelConfig) -> Result<Neuron> {
-        let bad = || user_error(format!("`{s}` is not a neuron id (expected LAYER.INDEX, e.g. 3.17)"));
+        let bad = || {
+            user_error(format!(
+                "`{s}` is not a neuron id (expected LAYER.INDEX, e.g. 3.17)"
+            ))
+        };
         let (l, n) = s.trim().split_once('.').ok_or_else(bad)?;
-        let n = Neuron { layer: l.parse().map_err(|_| bad())?, index: n.parse().map_err(|_| bad())? };
+        let n = Neuron {
+            layer: l.parse().map_err(|_| bad())?,
+            index: n.parse().map_err(|_| bad())?,
+        };
         if n.layer >= cfg.n_layers {
-            return Err(user_error(format!("neuron {n}: layer {} out of range (the model has {} layers)", n.layer, cfg.n_layers)));
+            return Err(user_error(format!(
+                "neuron {n}: layer {} out of range (the model has {} layers)",
+                n.layer, cfg.n_layers
+            )));
         }
         if n.index >= cfg.d_mlp {
-            return Err(user_error(format!("neuron {n}: index {} out of range (layers have {} neurons)", n.index, cfg.d_mlp)));
+            return Err(user_error(format!(
+                "neuron {n}: index {} out of range (layers have {} neurons)",
+                n.index, cfg.d_mlp
+            )));
         }
         Ok(n)
     }
@@ -44,7 +57,8 @@ impl Neuron {
 pub fn parse_neuron_set(spec: &str, cfg: &ModelConfig) -> Result<Vec<Neuron>> {
     let path = Path::new(spec);
     let text = if path.is_file() {
-        let t = std::fs::read_to_string(path).map_err(|e| user_error(format!("{spec}: cannot read: {e}")))?;
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| user_error(format!("{spec}: cannot read: {e}")))?;
         match serde_json::from_str::<serde_json::Value>(&t) {
             Ok(v) => json_neurons(&v).join(","),
             Err(_) => t,
@@ -103,7 +117,11 @@ impl OpSpec {
             Some(("scale", v)) => OpSpec::Scale(num(v)?),
             Some(("set", v)) | Some(("clamp", v)) => OpSpec::Set(num(v)?),
             Some(("add", v)) => OpSpec::Add(num(v)?),
-            _ => return Err(user_error(format!("unknown --op `{s}` (zero, mean, scale=F, set=V, add=V)"))),
+            _ => {
+                return Err(user_error(format!(
+                    "unknown --op `{s}` (zero, mean, scale=F, set=V, add=V)"
+                )))
+            }
         })
     }
 
@@ -148,7 +166,10 @@ pub fn interventions(
                 OpSpec::Mean => {
                     let m = means(layer)?;
                     if m.len() != d_mlp {
-                        return Err(user_error(format!("the atlas has {} means for layer {layer}, the model {d_mlp} neurons", m.len())));
+                        return Err(user_error(format!(
+                            "the atlas has {} means for layer {layer}, the model {d_mlp} neurons",
+                            m.len()
+                        )));
                     }
                     Op::SetPerUnit(m)
                 }
@@ -167,12 +188,20 @@ pub fn interventions(
 pub fn random_like(set: &[Neuron], d_mlp: usize, rng: &mut Rng) -> Vec<Neuron> {
     let mut out: Vec<Neuron> = Vec::with_capacity(set.len());
     for n in set {
-        let free = d_mlp - set.iter().chain(out.iter()).filter(|m| m.layer == n.layer).count();
+        let free = d_mlp
+            - set
+                .iter()
+                .chain(out.iter())
+                .filter(|m| m.layer == n.layer)
+                .count();
         if free == 0 {
             continue;
         }
         loop {
-            let cand = Neuron { layer: n.layer, index: rng.below(d_mlp) };
+            let cand = Neuron {
+                layer: n.layer,
+                index: rng.below(d_mlp),
+            };
             if !set.contains(&cand) && !out.contains(&cand) {
                 out.push(cand);
                 break;

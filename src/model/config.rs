@@ -259,7 +259,7 @@ impl ModelConfig {
                     .into(),
             );
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.n_heads, self.n_kv_heads
@@ -283,7 +283,7 @@ impl ModelConfig {
         match f.get(&["head_dim"]) {
             Some(_) => f.usize(&["head_dim"]),
             None => {
-                if n_heads == 0 || d_model % n_heads != 0 {
+                if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
                     return Err(user_error(format!(
                         "{}: hidden size {d_model} is not divisible by {n_heads} attention heads",
                         f.file.display()

@@ -19,17 +19,27 @@ pub struct GenerateOptions {
 
 /// The ids of up to `max_new_tokens` new tokens after `prompt`, stopping at the end-of-text token
 /// if the tokenizer has one.
-pub fn generate(model: &Model, prompt: &[u32], interventions: &[Intervention], opts: &GenerateOptions) -> Result<Vec<u32>> {
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    interventions: &[Intervention],
+    opts: &GenerateOptions,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(user_error("the prompt has no tokens"));
     }
     if model.net.unembed.is_none() {
-        return Err(user_error(format!("{} has no LM head, so it cannot generate", model.id)));
+        return Err(user_error(format!(
+            "{} has no LM head, so it cannot generate",
+            model.id
+        )));
     }
     let room = model.cfg.n_ctx.saturating_sub(prompt.len());
     let steps = opts.max_new_tokens.min(room);
-    let eos: Vec<u32> =
-        ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>"].iter().filter_map(|t| model.tokenizer.token_to_id(t)).collect();
+    let eos: Vec<u32> = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>"]
+        .iter()
+        .filter_map(|t| model.tokenizer.token_to_id(t))
+        .collect();
     let mut rng = Rng::new(opts.seed);
     let mut cache = KvCache::default();
     let mut out = Vec::new();
@@ -48,7 +58,8 @@ pub fn generate(model: &Model, prompt: &[u32], interventions: &[Intervention], o
         let next = if opts.temperature <= 0.0 {
             last.argmax(D::Minus1)?.to_scalar::<u32>()?
         } else {
-            let probs = candle_nn::ops::softmax(&(last / opts.temperature as f64)?, D::Minus1)?.to_vec1::<f32>()?;
+            let probs = candle_nn::ops::softmax(&(last / opts.temperature as f64)?, D::Minus1)?
+                .to_vec1::<f32>()?;
             sample(&probs, rng.uniform())
         };
         out.push(next);

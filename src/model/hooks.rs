@@ -3,7 +3,7 @@
 
 use crate::error::user_error;
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -128,6 +128,10 @@ pub struct HookSet {
     pub want_logits: bool,
     /// Use only ops that carry gradients (candle's fused softmax/norm/rope silently drop them).
     pub differentiable: bool,
+    /// Sites whose gradient is wanted: a zero `Var` is added there (candle keeps gradients only
+    /// for variables), so after `backward` its gradient is d(loss)/d(activation).
+    grad_sites: BTreeSet<Site>,
+    grad_vars: BTreeMap<Site, (Var, Tensor)>,
     /// Absolute position of the pass's first token (the key/value cache length during
     /// generation), so intervention positions stay positions in the whole sequence.
     pub position_offset: usize,
@@ -158,6 +162,27 @@ impl HookSet {
         self.capture.insert(site);
     }
 
+    /// Make `site` differentiable-through and remember its activation; see `gradient`.
+    /// Implies `differentiable`.
+    pub fn track_gradient(&mut self, site: Site) {
+        self.differentiable = true;
+        self.grad_sites.insert(site);
+    }
+
+    /// The activation at a tracked site and its gradient from `grads` (None if unreached).
+    pub fn gradient(
+        &self,
+        site: Site,
+        grads: &candle_core::backprop::GradStore,
+    ) -> Option<(Tensor, Tensor)> {
+        let (var, act) = self.grad_vars.get(&site)?;
+        let g = grads
+            .get(var.as_tensor())
+            .cloned()
+            .unwrap_or_else(|| act.zeros_like().unwrap_or_else(|_| act.clone()));
+        Some((act.clone(), g))
+    }
+
     pub fn intervene(&mut self, iv: Intervention) {
         self.interventions.push(iv);
     }
@@ -168,7 +193,7 @@ impl HookSet {
 
     /// The last layer whose output anything depends on, or `None` when the whole model must run.
     pub fn stop_after_layer(&self) -> Option<usize> {
-        if self.want_logits || self.capture.contains(&Site::Logits) {
+        if self.want_logits || self.capture.contains(&Site::Logits) || !self.grad_sites.is_empty() {
             return None;
         }
         self.capture.iter().map(|s| s.layer().unwrap_or(0)).max()
@@ -176,7 +201,7 @@ impl HookSet {
 
     /// True when nothing after `site` in the forward pass is needed: the caller may stop there.
     pub fn done_after(&self, site: Site) -> bool {
-        if self.want_logits || self.capture.contains(&Site::Logits) {
+        if self.want_logits || self.capture.contains(&Site::Logits) || !self.grad_sites.is_empty() {
             return false;
         }
         self.capture
@@ -186,7 +211,9 @@ impl HookSet {
     }
 
     pub fn is_active(&self, site: Site) -> bool {
-        self.capture.contains(&site) || self.interventions.iter().any(|iv| iv.site == site)
+        self.capture.contains(&site)
+            || self.grad_sites.contains(&site)
+            || self.interventions.iter().any(|iv| iv.site == site)
     }
 
     /// Apply the interventions registered at `site`, then capture the result if asked.
@@ -197,6 +224,12 @@ impl HookSet {
         let mut x = x;
         for iv in self.interventions.iter().filter(|iv| iv.site == site) {
             x = apply_intervention(&x, iv, self.position_offset)?;
+        }
+        if self.grad_sites.contains(&site) {
+            let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            let act = x.detach();
+            x = (x + var.as_tensor())?;
+            self.grad_vars.insert(site, (var, act));
         }
         if self.capture.contains(&site) {
             self.captured.insert(site, x.clone());

@@ -139,7 +139,8 @@ impl Rope {
                     } else {
                         fv
                     };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    // neither high- nor low-frequency (wavelengths are finite, so the comparisons are total)
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     let out = if medium {
                         let smooth = (original_max_position / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

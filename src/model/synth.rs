@@ -29,7 +29,7 @@ pub struct SynthSpec {
 
 impl SynthSpec {
     pub fn heads_invalid(&self) -> bool {
-        self.n_heads == 0 || self.d_model % self.n_heads != 0
+        self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads)
     }
 
     /// The shape of GPT-2 small (124M parameters) with a vocabulary of 50257 made-up words.

@@ -151,7 +151,10 @@ impl Transformer {
     ) -> Result<Option<Tensor>> {
         let offset = cache.as_ref().map_or(0, |c| c.len);
         if cache.is_some() && batch.lengths.len() != 1 {
-            anyhow::bail!("a key/value cache holds one sequence, not a batch of {}", batch.lengths.len());
+            anyhow::bail!(
+                "a key/value cache holds one sequence, not a batch of {}",
+                batch.lengths.len()
+            );
         }
         self.check_input(batch, offset)?;
         hooks.position_offset = offset;
@@ -226,7 +229,14 @@ impl Transformer {
                     ((x + a)? + m)?
                 }
                 Residual::PostLn => {
-                    let a = self.attention(l, block, &x, mask.as_ref(), (&batch.lengths, offset, cache.as_deref_mut()), diff)?;
+                    let a = self.attention(
+                        l,
+                        block,
+                        &x,
+                        mask.as_ref(),
+                        (&batch.lengths, offset, cache.as_deref_mut()),
+                        diff,
+                    )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
