@@ -52,7 +52,7 @@ fn cached_steps_match_full_forward() {
             let got = m
                 .net
                 .forward_cached(
-                    &m.batch(&[chunk.clone()]).unwrap(),
+                    &m.batch(std::slice::from_ref(&chunk)).unwrap(),
                     &mut h,
                     Some(&mut cache),
                 )
