@@ -3,6 +3,7 @@
 //! Pipeline (see DESIGN.md): `model` loads checkpoints and runs them with hook points; later stages
 //! (corpus, record, atlas, analyze, intervene, serve) build on it; `cli` is a thin layer on top.
 
+pub mod analyze;
 pub mod atlas;
 pub mod cli;
 pub mod corpus;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod generate;
 pub mod info;
 pub mod lesion;
+pub mod localize;
 pub mod merge;
 pub mod plant;
 pub mod record;
@@ -46,6 +47,8 @@ pub enum Command {
     Lesion(lesion::LesionArgs),
     /// Generate text, optionally with neurons held at a value on every step
     Generate(generate::GenerateArgs),
+    /// Rank neurons by how differently they respond to target and control stimuli
+    Localize(localize::LocalizeArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Lesion(a) => lesion::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Localize(a) => localize::run(a),
         Command::Record(a) => record::run(a),
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),

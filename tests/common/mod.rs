@@ -54,6 +54,8 @@ pub fn close(actual: &Tensor, expected: &Tensor) -> (f32, f32, bool) {
     )
 }
 
+pub mod planted;
+
 pub fn ftri_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ftri")
 }

@@ -1,0 +1,5 @@
+//! The `analyze` stage: localize (contrasts, attribution, FDR), describe (weights → tokens), and
+//! the statistics they share.
+
+pub mod localize;
+pub mod stats;
