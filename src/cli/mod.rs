@@ -2,6 +2,8 @@
 
 pub mod atlas;
 pub mod bench;
+pub mod demo;
+pub mod describe;
 pub mod generate;
 pub mod info;
 pub mod lesion;
@@ -9,6 +11,7 @@ pub mod localize;
 pub mod merge;
 pub mod plant;
 pub mod record;
+pub mod serve;
 pub mod show;
 pub mod trace;
 
@@ -27,6 +30,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The main job on a real model: fetch all-MiniLM-L6-v2, record its atlas over a built-in
+    /// corpus, localize built-in concepts, print a report and serve it in the browser
+    Demo(demo::DemoArgs),
     /// Architecture, sizes, neuron count and hook points of a model
     Info(info::InfoArgs),
     /// Run one text and save every hook point's activations (and logits) to safetensors
@@ -49,6 +55,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Rank neurons by how differently they respond to target and control stimuli
     Localize(localize::LocalizeArgs),
+    /// Local web UI and JSON API over an atlas (brain-map overview, neuron pages, search, localize)
+    Serve(serve::ServeArgs),
+    /// What a neuron writes (tokens it promotes/suppresses) and reads, from its weights; --all for every neuron
+    Describe(describe::DescribeArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -90,6 +100,7 @@ pub fn set_threads(n: usize) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Info(a) => info::run(a),
         Command::Trace(a) => trace::run(a),
         Command::Plant(a) => plant::run(a),
@@ -97,6 +108,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lesion(a) => lesion::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Localize(a) => localize::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Describe(a) => describe::run(a),
         Command::Record(a) => record::run(a),
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),
