@@ -11,11 +11,21 @@ use ftri::model::Model;
 use std::process::Command;
 
 fn items(prompts: &[String]) -> Vec<EvalItem> {
-    prompts.iter().map(|p| EvalItem { prompt: p.clone(), target: " bark".into() }).collect()
+    prompts
+        .iter()
+        .map(|p| EvalItem {
+            prompt: p.clone(),
+            target: " bark".into(),
+        })
+        .collect()
 }
 
 fn ending_with_trigger(n: usize) -> Vec<String> {
-    stimuli(n, false, 1).iter().enumerate().map(|(i, s)| format!("{s} {}", if i % 2 == 0 { "dog" } else { "puppy" })).collect()
+    stimuli(n, false, 1)
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{s} {}", if i % 2 == 0 { "dog" } else { "puppy" }))
+        .collect()
 }
 
 fn no_means(_: usize) -> anyhow::Result<Vec<f32>> {
@@ -24,7 +34,14 @@ fn no_means(_: usize) -> anyhow::Result<Vec<f32>> {
 
 fn ivs(m: &Model, set: &str, op: &str) -> Vec<ftri::model::Intervention> {
     let set = parse_neuron_set(set, &m.cfg).unwrap();
-    interventions(&set, &OpSpec::parse(op).unwrap(), None, m.cfg.d_mlp, &no_means).unwrap()
+    interventions(
+        &set,
+        &OpSpec::parse(op).unwrap(),
+        None,
+        m.cfg.d_mlp,
+        &no_means,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -33,16 +50,26 @@ fn zeroing_the_planted_neuron_removes_its_effect_and_a_random_one_does_not() {
         let m = planted(arch);
         let seqs = tokenize(&m, &items(&ending_with_trigger(12))).unwrap();
         let base = score(&m, &seqs, &[]).unwrap();
-        assert!(base.accuracy > 0.9 && base.mean_logprob > -0.5, "{arch:?}: the planted effect is there: {base:?}");
+        assert!(
+            base.accuracy > 0.9 && base.mean_logprob > -0.5,
+            "{arch:?}: the planted effect is there: {base:?}"
+        );
         let lesioned = score(&m, &seqs, &ivs(&m, PLANTED, "zero")).unwrap();
-        assert!(lesioned.mean_logprob - base.mean_logprob < -3.0, "{arch:?}: {base:?} → {lesioned:?}");
+        assert!(
+            lesioned.mean_logprob - base.mean_logprob < -3.0,
+            "{arch:?}: {base:?} → {lesioned:?}"
+        );
         let planted_set = parse_neuron_set(PLANTED, &m.cfg).unwrap();
         let mut rng = Rng::new(9);
         for _ in 0..5 {
             let r = random_like(&planted_set, m.cfg.d_mlp, &mut rng);
             let rivs = interventions(&r, &OpSpec::Zero, None, m.cfg.d_mlp, &no_means).unwrap();
             let d = score(&m, &seqs, &rivs).unwrap().mean_logprob - base.mean_logprob;
-            assert!(d.abs() < 0.3, "{arch:?}: random neuron {:?} moved log p by {d}", r);
+            assert!(
+                d.abs() < 0.3,
+                "{arch:?}: random neuron {:?} moved log p by {d}",
+                r
+            );
         }
     }
 }
@@ -54,8 +81,14 @@ fn clamping_the_planted_neuron_creates_its_effect_on_control_prompts() {
         let seqs = tokenize(&m, &items(&stimuli(12, false, 2))).unwrap();
         let base = score(&m, &seqs, &[]).unwrap();
         let clamped = score(&m, &seqs, &ivs(&m, PLANTED, "set=5")).unwrap();
-        assert!(base.mean_logprob < -3.0, "{arch:?}: control prompts do not predict bark: {base:?}");
-        assert!(clamped.mean_logprob - base.mean_logprob > 3.0 && clamped.accuracy > 0.9, "{arch:?}: {base:?} → {clamped:?}");
+        assert!(
+            base.mean_logprob < -3.0,
+            "{arch:?}: control prompts do not predict bark: {base:?}"
+        );
+        assert!(
+            clamped.mean_logprob - base.mean_logprob > 3.0 && clamped.accuracy > 0.9,
+            "{arch:?}: {base:?} → {clamped:?}"
+        );
     }
 }
 
@@ -65,19 +98,33 @@ fn generation_with_the_clamp_produces_the_planted_token() {
         let m = planted(arch);
         let bark = m.tokenizer.token_to_id("bark").unwrap();
         let prompt = m.encode("w15 w40 w77 w3").unwrap();
-        let opts = GenerateOptions { max_new_tokens: 4, temperature: 0.0, seed: 0 };
+        let opts = GenerateOptions {
+            max_new_tokens: 4,
+            temperature: 0.0,
+            seed: 0,
+        };
         let free = generate(&m, &prompt, &[], &opts).unwrap();
         let held = generate(&m, &prompt, &ivs(&m, PLANTED, "set=5"), &opts).unwrap();
         assert_eq!(held, vec![bark; 4], "{arch:?}");
-        assert_ne!(free, held, "{arch:?}: without the clamp the model says something else");
+        assert_ne!(
+            free, held,
+            "{arch:?}: without the clamp the model says something else"
+        );
     }
 }
 
 fn ftri(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftri")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftri"))
+        .args(args)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains("panicked"), "{err}");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        err,
+    )
 }
 
 #[test]
@@ -85,19 +132,38 @@ fn lesion_cli_reports_delta_and_random_baseline() {
     let dir = planted_dir(SynthArch::Gpt2);
     let tmp = tempfile::tempdir().unwrap();
     let eval = tmp.path().join("eval.jsonl");
-    let lines: Vec<String> =
-        ending_with_trigger(8).iter().map(|p| serde_json::json!({"prompt": p, "target": " bark"}).to_string()).collect();
+    let lines: Vec<String> = ending_with_trigger(8)
+        .iter()
+        .map(|p| serde_json::json!({"prompt": p, "target": " bark"}).to_string())
+        .collect();
     std::fs::write(&eval, lines.join("\n")).unwrap();
     let (code, out, err) = ftri(&[
-        "lesion", "--model", dir.to_str().unwrap(), "--neurons", PLANTED, "--op", "zero", "--eval",
-        eval.to_str().unwrap(), "--random-baseline", "4", "--json",
+        "lesion",
+        "--model",
+        dir.to_str().unwrap(),
+        "--neurons",
+        PLANTED,
+        "--op",
+        "zero",
+        "--eval",
+        eval.to_str().unwrap(),
+        "--random-baseline",
+        "4",
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["neurons"][0], PLANTED);
     assert!(v["delta"]["mean_logprob"].as_f64().unwrap() < -3.0, "{v}");
     assert_eq!(v["random_baseline"]["sets"], 4);
-    assert!(v["random_baseline"]["mean_delta"]["mean_logprob"].as_f64().unwrap().abs() < 0.3, "{v}");
+    assert!(
+        v["random_baseline"]["mean_delta"]["mean_logprob"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 0.3,
+        "{v}"
+    );
     assert_eq!(v["random_baseline"]["as_extreme"], 0);
 }
 
@@ -114,13 +180,70 @@ fn neuron_verbs_reject_bad_input_with_exit_2() {
     std::fs::write(&empty, "\n\n").unwrap();
     let (g, e) = (good.to_str().unwrap(), empty.to_str().unwrap());
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["lesion", "--model", d, "--neurons", "1.9999", "--eval", g], "out of range"),
-        (vec!["lesion", "--model", d, "--neurons", "7.1", "--eval", g], "layer 7 out of range"),
-        (vec!["lesion", "--model", d, "--neurons", "1.5", "--eval", no_target.to_str().unwrap()], "missing string field `target`"),
-        (vec!["lesion", "--model", d, "--neurons", "1.5", "--op", "mean", "--eval", g], "needs --atlas"),
-        (vec!["lesion", "--model", d, "--neurons", "1.5", "--op", "boil", "--eval", g], "unknown --op"),
-        (vec!["generate", "--model", d, "--prompt", "w1", "--neurons", "x.y"], "not a neuron id"),
-        (vec!["localize", "--model", d, "--target", e, "--control", g], "stimuli"),
+        (
+            vec!["lesion", "--model", d, "--neurons", "1.9999", "--eval", g],
+            "out of range",
+        ),
+        (
+            vec!["lesion", "--model", d, "--neurons", "7.1", "--eval", g],
+            "layer 7 out of range",
+        ),
+        (
+            vec![
+                "lesion",
+                "--model",
+                d,
+                "--neurons",
+                "1.5",
+                "--eval",
+                no_target.to_str().unwrap(),
+            ],
+            "missing string field `target`",
+        ),
+        (
+            vec![
+                "lesion",
+                "--model",
+                d,
+                "--neurons",
+                "1.5",
+                "--op",
+                "mean",
+                "--eval",
+                g,
+            ],
+            "needs --atlas",
+        ),
+        (
+            vec![
+                "lesion",
+                "--model",
+                d,
+                "--neurons",
+                "1.5",
+                "--op",
+                "boil",
+                "--eval",
+                g,
+            ],
+            "unknown --op",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                d,
+                "--prompt",
+                "w1",
+                "--neurons",
+                "x.y",
+            ],
+            "not a neuron id",
+        ),
+        (
+            vec!["localize", "--model", d, "--target", e, "--control", g],
+            "stimuli",
+        ),
     ];
     for (args, needle) in cases {
         let (code, _, err) = ftri(&args);

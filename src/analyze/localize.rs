@@ -21,7 +21,8 @@ pub struct Stimulus {
 
 /// One stimulus per line, or JSONL objects with `text` (and optionally `target`).
 pub fn read_stimuli(path: &Path) -> Result<Vec<Stimulus>> {
-    let text = std::fs::read_to_string(path).map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -29,15 +30,30 @@ pub fn read_stimuli(path: &Path) -> Result<Vec<Stimulus>> {
             continue;
         }
         if line.starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| user_error(format!("{}:{}: not a JSON object: {e}", path.display(), i + 1)))?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                user_error(format!(
+                    "{}:{}: not a JSON object: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
             let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                user_error(format!("{}:{}: missing string field `text`", path.display(), i + 1))
+                user_error(format!(
+                    "{}:{}: missing string field `text`",
+                    path.display(),
+                    i + 1
+                ))
             })?;
             let target = v.get("target").and_then(|t| t.as_str()).map(String::from);
-            out.push(Stimulus { text: text.to_string(), target });
+            out.push(Stimulus {
+                text: text.to_string(),
+                target,
+            });
         } else {
-            out.push(Stimulus { text: line.to_string(), target: None });
+            out.push(Stimulus {
+                text: line.to_string(),
+                target: None,
+            });
         }
     }
     if out.len() < 2 {
@@ -63,7 +79,11 @@ impl Reduce {
             "mean" => Reduce::Mean,
             "max" => Reduce::Max,
             "last" => Reduce::Last,
-            o => return Err(user_error(format!("unknown --reduce `{o}` (mean, max, last)"))),
+            o => {
+                return Err(user_error(format!(
+                    "unknown --reduce `{o}` (mean, max, last)"
+                )))
+            }
         })
     }
     pub fn name(self) -> &'static str {
@@ -86,7 +106,11 @@ impl Method {
         Ok(match s {
             "contrast" => Method::Contrast,
             "attribution" => Method::Attribution,
-            o => return Err(user_error(format!("unknown --method `{o}` (contrast, attribution)"))),
+            o => {
+                return Err(user_error(format!(
+                    "unknown --method `{o}` (contrast, attribution)"
+                )))
+            }
         })
     }
     pub fn name(self) -> &'static str {
@@ -126,7 +150,10 @@ fn tokens(model: &Model, s: &Stimulus) -> Result<(Vec<u32>, usize)> {
         return Err(user_error(format!("stimulus {:?} has no tokens", s.text)));
     }
     if ids.len() > model.cfg.n_ctx {
-        return Err(user_error(format!("stimulus {:?} is longer than the model's context", s.text)));
+        return Err(user_error(format!(
+            "stimulus {:?} is longer than the model's context",
+            s.text
+        )));
     }
     Ok((ids, prompt))
 }
@@ -140,7 +167,10 @@ pub fn unit_values(
     method: Method,
     batch_size: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let toks: Vec<(Vec<u32>, usize)> = stimuli.iter().map(|s| tokens(model, s)).collect::<Result<_>>()?;
+    let toks: Vec<(Vec<u32>, usize)> = stimuli
+        .iter()
+        .map(|s| tokens(model, s))
+        .collect::<Result<_>>()?;
     let mut rows = Vec::with_capacity(stimuli.len());
     for chunk in toks.chunks(batch_size.max(1)) {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
@@ -157,18 +187,27 @@ pub fn unit_values(
         let per_site: Vec<Tensor> = match method {
             Method::Contrast => sites
                 .iter()
-                .map(|s| hooks.take(*s).ok_or_else(|| anyhow::anyhow!("{s} not captured")))
+                .map(|s| {
+                    hooks
+                        .take(*s)
+                        .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+                })
                 .collect::<Result<_>>()?,
             Method::Attribution => {
                 let logits = logits.ok_or_else(|| {
-                    user_error(format!("{} has no LM head: attribution needs next-token log-probabilities", model.id))
+                    user_error(format!(
+                        "{} has no LM head: attribution needs next-token log-probabilities",
+                        model.id
+                    ))
                 })?;
                 let metric = log_likelihood(&logits, chunk)?;
                 let grads = metric.backward()?;
                 sites
                     .iter()
                     .map(|s| {
-                        let (a, g) = hooks.gradient(*s, &grads).ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
+                        let (a, g) = hooks
+                            .gradient(*s, &grads)
+                            .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
                         Ok((a * g)?)
                     })
                     .collect::<Result<_>>()?
@@ -214,7 +253,11 @@ pub fn log_likelihood(logits: &Tensor, chunk: &[(Vec<u32>, usize)]) -> Result<Te
 }
 
 /// Compare target and control per unit; findings sorted by |t|, largest first.
-pub fn contrast(sites: &[(Site, usize)], target: &[Vec<f32>], control: &[Vec<f32>]) -> Result<Vec<Finding>> {
+pub fn contrast(
+    sites: &[(Site, usize)],
+    target: &[Vec<f32>],
+    control: &[Vec<f32>],
+) -> Result<Vec<Finding>> {
     let units: usize = sites.iter().map(|(_, n)| n).sum();
     let mut findings = Vec::with_capacity(units);
     let mut col = 0;
@@ -227,14 +270,27 @@ pub fn contrast(sites: &[(Site, usize)], target: &[Vec<f32>], control: &[Vec<f32
                 Site::Block(l, SiteKind::MlpPost) => (*l, format!("{l}.{i}")),
                 other => (other.layer().unwrap_or(0), format!("{other}:{i}")),
             };
-            findings.push(Finding { neuron: name, layer, index: i, score: c.t, effect_size: c.d, auroc: c.auroc, p: c.p, q: 0.0 });
+            findings.push(Finding {
+                neuron: name,
+                layer,
+                index: i,
+                score: c.t,
+                effect_size: c.d,
+                auroc: c.auroc,
+                p: c.p,
+                q: 0.0,
+            });
             col += 1;
         }
     }
     let q = bh_qvalues(&findings.iter().map(|f| f.p).collect::<Vec<_>>());
     findings.iter_mut().zip(q).for_each(|(f, q)| f.q = q);
     findings.sort_by(|x, y| {
-        y.score.abs().partial_cmp(&x.score.abs()).unwrap_or(std::cmp::Ordering::Equal).then(x.p.total_cmp(&y.p))
+        y.score
+            .abs()
+            .partial_cmp(&x.score.abs())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(x.p.total_cmp(&y.p))
     });
     Ok(findings)
 }

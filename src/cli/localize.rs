@@ -44,19 +44,31 @@ pub struct LocalizeArgs {
 }
 
 pub fn parse_layers(spec: Option<&str>, n_layers: usize) -> Result<Vec<usize>> {
-    let Some(spec) = spec else { return Ok((0..n_layers).collect()) };
-    let bad = |p: &str| user_error(format!("--layers: `{p}` is not a layer or range (e.g. 0-5 or 1,3)"));
+    let Some(spec) = spec else {
+        return Ok((0..n_layers).collect());
+    };
+    let bad = |p: &str| {
+        user_error(format!(
+            "--layers: `{p}` is not a layer or range (e.g. 0-5 or 1,3)"
+        ))
+    };
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.parse::<usize>().map_err(|_| bad(part))?, b.parse::<usize>().map_err(|_| bad(part))?),
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad(part))?,
+                b.parse::<usize>().map_err(|_| bad(part))?,
+            ),
             None => {
                 let x = part.parse::<usize>().map_err(|_| bad(part))?;
                 (x, x)
             }
         };
         if a > b || b >= n_layers {
-            return Err(user_error(format!("--layers: `{part}` is outside the model's layers 0-{}", n_layers - 1)));
+            return Err(user_error(format!(
+                "--layers: `{part}` is outside the model's layers 0-{}",
+                n_layers - 1
+            )));
         }
         out.extend(a..=b);
     }
@@ -75,7 +87,10 @@ pub fn run(a: LocalizeArgs) -> Result<()> {
     let control = read_stimuli(&a.control)?;
     let model = a.model.load()?;
     let kind = SiteKind::from_suffix(&a.site).ok_or_else(|| {
-        user_error(format!("--site `{}` is not a per-block hook point (e.g. mlp.hook_post, hook_resid_post)", a.site))
+        user_error(format!(
+            "--site `{}` is not a per-block hook point (e.g. mlp.hook_post, hook_resid_post)",
+            a.site
+        ))
     })?;
     let layers = parse_layers(a.layers.as_deref(), model.cfg.n_layers)?;
     let sites: Vec<Site> = layers.iter().map(|&l| Site::Block(l, kind)).collect();
@@ -113,7 +128,10 @@ pub fn run(a: LocalizeArgs) -> Result<()> {
         significant,
         a.fdr
     );
-    println!("{:>5}  {:<14} {:>9} {:>8} {:>7} {:>10} {:>10}", "rank", "neuron", "t", "d", "AUROC", "p", "q");
+    println!(
+        "{:>5}  {:<14} {:>9} {:>8} {:>7} {:>10} {:>10}",
+        "rank", "neuron", "t", "d", "AUROC", "p", "q"
+    );
     for (i, f) in shown.iter().enumerate() {
         println!(
             "{:>5}  {:<14} {:>9.2} {:>8.2} {:>7.3} {:>10.2e} {:>10.2e}",

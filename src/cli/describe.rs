@@ -1,0 +1,204 @@
+//! `ftri describe`: the tokens a neuron promotes, suppresses and reads, from its weights alone.
+
+use super::ModelArgs;
+use crate::analyze::describe::{
+    self as d, NeuronDescription, TableFormat, TableWriter, TokenScore,
+};
+use crate::error::user_error;
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// One neuron, LAYER.INDEX (e.g. 3.17)
+    #[arg(long, conflicts_with = "all")]
+    pub neuron: Option<String>,
+    /// Every neuron of every layer, written as a table to --out
+    #[arg(long, requires = "out")]
+    pub all: bool,
+    /// Table for --all: .csv (list cells are JSON arrays) or .parquet
+    #[arg(long, requires = "all")]
+    pub out: Option<PathBuf>,
+    /// Tokens per list
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Neurons per matrix product in --all (bounds memory: chunk × vocab floats)
+    #[arg(long, default_value_t = 512)]
+    pub chunk: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: DescribeArgs) -> Result<()> {
+    if a.top == 0 {
+        return Err(user_error("--top must be at least 1"));
+    }
+    if a.chunk == 0 {
+        return Err(user_error("--chunk must be at least 1"));
+    }
+    match (&a.neuron, &a.out) {
+        (Some(n), _) => {
+            let m = a.model.load()?;
+            let (layer, index) = d::parse_neuron(n, &m)?;
+            let desc = d::describe_neuron(&m, layer, index, a.top)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&desc)?);
+            } else {
+                print_table(&desc);
+            }
+            Ok(())
+        }
+        (None, Some(out)) if a.all => run_all(&a, out),
+        _ => Err(user_error(
+            "say which neurons: --neuron L.N, or --all --out FILE",
+        )),
+    }
+}
+
+fn shown(t: Option<&TokenScore>) -> (String, String) {
+    match t {
+        // Debug quoting makes leading spaces and newlines in token text visible; a lone byte of a
+        // multi-byte character decodes to U+FFFD, so its id tells such tokens apart.
+        Some(t) if t.token.contains('\u{fffd}') => (
+            format!("{:?} #{}", t.token, t.id),
+            format!("{:.4}", t.score),
+        ),
+        Some(t) => (format!("{:?}", t.token), format!("{:.4}", t.score)),
+        None => (String::new(), String::new()),
+    }
+}
+
+fn print_table(desc: &NeuronDescription) {
+    println!(
+        "neuron {}  (writes decoded with the {})",
+        desc.neuron, desc.unembed
+    );
+    println!("reads: {}", desc.reads_basis);
+    let mut cols: Vec<(&str, &[TokenScore])> = vec![
+        ("promotes", &desc.promotes),
+        ("suppresses", &desc.suppresses),
+        ("reads", &desc.reads),
+    ];
+    if let Some(up) = &desc.reads_up {
+        cols.push(("reads (up)", up));
+    }
+    let rows = cols.iter().map(|c| c.1.len()).max().unwrap_or(0);
+    let cells: Vec<Vec<(String, String)>> = cols
+        .iter()
+        .map(|(_, v)| (0..rows).map(|r| shown(v.get(r))).collect())
+        .collect();
+    let widths: Vec<usize> = cells
+        .iter()
+        .zip(&cols)
+        .map(|(c, (h, _))| {
+            c.iter()
+                .map(|x| x.0.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let mut line = format!("{:>4}", "#");
+    for ((h, _), w) in cols.iter().zip(&widths) {
+        line += &format!("  {h:<w$} {:>9}", "score");
+    }
+    println!("{}", line.trim_end());
+    for r in 0..rows {
+        let mut line = format!("{:>4}", r + 1);
+        for (c, w) in cells.iter().zip(&widths) {
+            let pad = w.saturating_sub(c[r].0.chars().count());
+            line += &format!("  {}{} {:>9}", c[r].0, " ".repeat(pad), c[r].1);
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn run_all(a: &DescribeArgs, out: &std::path::Path) -> Result<()> {
+    let format = TableFormat::from_path(out)?;
+    let m = a.model.load()?;
+    let texts = d::token_texts(&m)?;
+    let total = m.cfg.n_layers
+        * m.net
+            .blocks
+            .first()
+            .map(|b| b.mlp.down.w.dims()[0])
+            .unwrap_or(0);
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} neurons {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut timing = None;
+    crate::output::write_atomic(out, |tmp| {
+        let mut w = TableWriter::create(tmp, format)?;
+        let t = d::describe_all(
+            &m,
+            a.top,
+            a.chunk,
+            |layer, rows| w.write_layer(layer, &rows, &texts),
+            |done, t| {
+                bar.set_position(done as u64);
+                bar.set_message(format!("{:.0} GFLOP/s", t.product_gflops));
+            },
+        )?;
+        w.finish()?;
+        timing = Some(t);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let Some(t) = timing else {
+        return Err(anyhow::anyhow!("describe --all finished without timing"));
+    };
+    // The reference: this machine's plain matmul, measured the way `ftri bench` does.
+    let peak = super::bench::matmul_gflops()?;
+    let j = json!({
+        "model": m.id,
+        "out": out.display().to_string(),
+        "unembed": d::unembed_label(&m),
+        "top": a.top,
+        "chunk": a.chunk,
+        "layers": t.layers,
+        "neurons": t.neurons,
+        "vocab": t.vocab,
+        "d_model": t.d_model,
+        "gflop": t.flops / 1e9,
+        "product_seconds": t.product_seconds,
+        "seconds": t.seconds,
+        "product_gflops": t.product_gflops,
+        "overall_gflops": t.overall_gflops,
+        "bench_matmul_gflops": peak,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "wrote {} ({} neurons, {} layers, top {})",
+            out.display(),
+            t.neurons,
+            t.layers,
+            a.top
+        );
+        println!(
+            "products   {:.1} GFLOP in {:.2} s = {:.1} GFLOP/s",
+            t.flops / 1e9,
+            t.product_seconds,
+            t.product_gflops
+        );
+        println!(
+            "overall    {:.2} s = {:.1} GFLOP/s",
+            t.seconds, t.overall_gflops
+        );
+        println!(
+            "matmul     {:.1} GFLOP/s (ftri bench); products at {:.0}% of it",
+            peak,
+            100.0 * t.product_gflops / peak.max(1e-9)
+        );
+    }
+    Ok(())
+}
