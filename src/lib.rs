@@ -12,3 +12,4 @@ pub mod intervene;
 pub mod model;
 pub mod output;
 pub mod record;
+pub mod serve;

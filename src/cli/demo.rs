@@ -274,8 +274,14 @@ fn print_report(r: &serde_json::Value) {
     }
 }
 
-fn serve(_atlas: &Path, _a: &DemoArgs) -> Result<()> {
-    Err(user_error(
-        "`ftri serve` is not built yet; rerun with --no-serve",
-    ))
+fn serve(atlas: &Path, a: &DemoArgs) -> Result<()> {
+    super::serve::run(super::serve::ServeArgs {
+        atlas: atlas.to_path_buf(),
+        model: Some(a.model.clone()),
+        dtype: "f32".into(),
+        device: "cpu".into(),
+        threads: a.threads,
+        host: a.host.clone(),
+        port: a.port,
+    })
 }

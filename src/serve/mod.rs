@@ -1,0 +1,185 @@
+//! `ftri serve`: a local web UI and JSON API over an atlas (and, optionally, the model it was
+//! recorded from).
+//!
+//! Everything the server reads is fixed when it starts: the atlas folder (memory-mapped) and the
+//! front end, compiled into the binary (`assets`). No part of a request path or body ever names
+//! a file. Model runs (per-token activations, interventions, localizer contrasts) go to tokio's
+//! blocking pool one at a time behind a mutex, so the atlas pages stay responsive meanwhile.
+
+pub mod api;
+mod assets;
+pub mod runs;
+pub mod search;
+
+use crate::atlas::Atlas;
+use crate::error::user_error;
+use crate::model::{Model, Tokenizer};
+use anyhow::Result;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Bounds on what a request may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request body bytes (larger bodies get 413).
+    pub max_body: usize,
+    /// Characters of one prompt or stimulus.
+    pub max_chars: usize,
+    /// Stimuli per localizer set.
+    pub max_stimuli: usize,
+    /// Results of one search.
+    pub max_results: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: 64 * 1024,
+            max_chars: 2000,
+            max_stimuli: 200,
+            max_results: 500,
+        }
+    }
+}
+
+/// Per-unit statistics of one recorded hook point, for the map, search and sorting.
+pub struct SiteCols {
+    pub name: String,
+    /// `Some(L)` for `blocks.L.mlp.hook_post` (units are neurons `L.N`).
+    pub layer: Option<usize>,
+    pub units: usize,
+    pub fire_rate: Vec<f64>,
+    pub max: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// max / std (0 where std is 0): how far the peak stands above the typical spread.
+    pub selectivity: Vec<f64>,
+    /// The median of the units' max (1 if not positive): the scale search compares activations to.
+    pub typical_max: f64,
+}
+
+impl SiteCols {
+    pub fn stat(&self, name: &str) -> Option<&[f64]> {
+        Some(match name {
+            "fire_rate" => &self.fire_rate,
+            "max" => &self.max,
+            "mean" => &self.mean,
+            "std" => &self.std,
+            "selectivity" => &self.selectivity,
+            _ => return None,
+        })
+    }
+}
+
+pub const STATS: [&str; 5] = ["fire_rate", "max", "selectivity", "mean", "std"];
+
+/// `blocks.L.mlp.hook_post` → L.
+pub fn neuron_layer(site: &str) -> Option<usize> {
+    site.strip_prefix("blocks.")?
+        .strip_suffix(".mlp.hook_post")?
+        .parse()
+        .ok()
+}
+
+pub struct AppState {
+    pub atlas: Atlas,
+    /// The atlas's own tokenizer (renders contexts without the model).
+    pub tok: Option<Tokenizer>,
+    /// The model, one run at a time.
+    pub model: Option<Mutex<Model>>,
+    pub model_id: Option<String>,
+    pub model_ctx: Option<usize>,
+    pub cols: Vec<SiteCols>,
+    pub limits: Limits,
+    /// Activating tokens of every unit's top examples, built on the first search.
+    pub(crate) index: OnceLock<Arc<search::Index>>,
+    /// Loopback-only Host headers (DNS-rebinding guard) when bound to a loopback address.
+    pub loopback_only: bool,
+}
+
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    pub fn new(atlas: Atlas, model: Option<Model>) -> Result<Self> {
+        if let Some(m) = &model {
+            let mi = &atlas.manifest.model;
+            if mi.n_layers != m.cfg.n_layers || mi.d_mlp != m.cfg.d_mlp {
+                return Err(user_error(format!(
+                    "{}: recorded on a model with {} layers × {} neurons, but {} has {} × {}",
+                    atlas.dir.display(),
+                    mi.n_layers,
+                    mi.d_mlp,
+                    m.id,
+                    m.cfg.n_layers,
+                    m.cfg.d_mlp
+                )));
+            }
+        }
+        let tok = atlas
+            .tokenizer_path()
+            .and_then(|p| Tokenizer::from_file(&p).ok());
+        let mut cols = Vec::new();
+        for (si, info) in atlas.manifest.sites.iter().enumerate() {
+            let count = atlas.column_f64(si, "count")?;
+            let fire = atlas.column_f64(si, "fire")?;
+            let var = atlas.column_f64(si, "var")?;
+            let max = atlas.column_f64(si, "max")?;
+            let mean = atlas.column_f64(si, "mean")?;
+            let std: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
+            let fire_rate = (0..info.units)
+                .map(|u| {
+                    if count[u] > 0.0 {
+                        fire[u] / count[u]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let selectivity = (0..info.units)
+                .map(|u| if std[u] > 0.0 { max[u] / std[u] } else { 0.0 })
+                .collect();
+            let mut sorted: Vec<f64> = max.iter().copied().filter(|x| x.is_finite()).collect();
+            sorted.sort_by(f64::total_cmp);
+            let typical_max = sorted
+                .get(sorted.len() / 2)
+                .copied()
+                .filter(|&m| m > 0.0)
+                .unwrap_or(1.0);
+            cols.push(SiteCols {
+                name: info.name.clone(),
+                layer: neuron_layer(&info.name),
+                units: info.units,
+                fire_rate,
+                max,
+                mean,
+                std,
+                selectivity,
+                typical_max,
+            });
+        }
+        Ok(Self {
+            model_id: model.as_ref().map(|m| m.id.clone()),
+            model_ctx: model.as_ref().map(|m| m.cfg.n_ctx),
+            model: model.map(Mutex::new),
+            atlas,
+            tok,
+            cols,
+            limits: Limits::default(),
+            index: OnceLock::new(),
+            loopback_only: true,
+        })
+    }
+}
+
+/// The router: pages, embedded assets and the JSON API.
+pub fn router(state: Shared) -> axum::Router {
+    api::router(state)
+}
+
+/// Serve until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, state: Shared) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
