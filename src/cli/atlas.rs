@@ -16,6 +16,31 @@ pub struct AtlasArgs {
     pub top: usize,
     #[arg(long)]
     pub json: bool,
+    /// Instead of the summary, time N one-unit lookups at random (what `show` and the UI do)
+    #[arg(long)]
+    pub lookups: Option<usize>,
+}
+
+/// Mean time of one `Atlas::unit` read over `n` units drawn at random from every site.
+pub fn time_lookups(atlas: &Atlas, n: usize) -> Result<serde_json::Value> {
+    let sites: Vec<usize> = atlas.manifest.sites.iter().map(|s| s.units).collect();
+    let total: usize = sites.iter().sum();
+    let mut rng = crate::model::synth::Rng::new(7);
+    let picks: Vec<(usize, usize)> = (0..n.max(1))
+        .map(|_| {
+            let si = rng.below(sites.len());
+            (si, rng.below(sites[si].max(1)))
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let mut checksum = 0f64;
+    for &(si, u) in &picks {
+        checksum += atlas.unit(si, u)?.mean;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(
+        json!({"units": total, "lookups": picks.len(), "microseconds_per_lookup": secs * 1e6 / picks.len() as f64, "checksum": checksum}),
+    )
 }
 
 pub fn summary(a: &Atlas, top: usize) -> Result<serde_json::Value> {
@@ -70,6 +95,11 @@ pub fn summary(a: &Atlas, top: usize) -> Result<serde_json::Value> {
 
 pub fn run(a: AtlasArgs) -> Result<()> {
     let atlas = Atlas::open(&a.atlas)?;
+    if let Some(n) = a.lookups {
+        let t = time_lookups(&atlas, n)?;
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(());
+    }
     let j = summary(&atlas, a.top)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&j)?);
