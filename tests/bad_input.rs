@@ -16,10 +16,8 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 }
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(ftri_bin()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (out.status.code().unwrap_or(-1), stderr)
+    let (code, _, err) = common::run_ftri(args);
+    (code, err)
 }
 
 fn expect_user_error(dir: &Path, text: &str, needles: &[&str]) {

@@ -5,21 +5,13 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{fixture, ftri_bin, load_tensors};
+use common::{fixture, load_tensors};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ftri_bin()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    common::run_ftri(args)
 }
 
 fn describe_json(model: &str, neuron: &str, top: usize) -> Value {

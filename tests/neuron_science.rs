@@ -8,7 +8,6 @@ use ftri::intervene::{interventions, parse_neuron_set, random_like, OpSpec};
 use ftri::model::generate::{generate, GenerateOptions};
 use ftri::model::synth::{Rng, SynthArch};
 use ftri::model::Model;
-use std::process::Command;
 
 fn items(prompts: &[String]) -> Vec<EvalItem> {
     prompts
@@ -114,17 +113,7 @@ fn generation_with_the_clamp_produces_the_planted_token() {
 }
 
 fn ftri(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftri"))
-        .args(args)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!err.contains("panicked"), "{err}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        err,
-    )
+    common::run_ftri(args)
 }
 
 #[test]

@@ -4,12 +4,10 @@
 
 mod common;
 
-use common::ftri_bin;
 use ftri::atlas::Atlas;
 use ftri::model::{HookSet, LoadOptions, Model, Site};
 use ftri::record::RecordState;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 const CTX: usize = 16;
@@ -19,14 +17,7 @@ const AFTER: usize = 2;
 const SITES: &str = "blocks.*.mlp.hook_post,blocks.0.hook_resid_post";
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ftri_bin()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    common::run_ftri(args)
 }
 
 fn ok(args: &[&str]) -> String {

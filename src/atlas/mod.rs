@@ -428,6 +428,29 @@ impl Atlas {
     }
 
     /// A per-site statistic for all units (`count`, `mean`, `var`, `min`, `max`, `fire`).
+    /// Fraction of tokens with activation > 0, per unit of site `si` (0 for units never seen).
+    pub fn fire_rates(&self, si: usize) -> Result<Vec<f64>> {
+        let count = self.column_f64(si, "count")?;
+        let fire = self.column_f64(si, "fire")?;
+        Ok(count
+            .iter()
+            .zip(&fire)
+            .map(|(&c, &f)| if c > 0.0 { f / c } else { 0.0 })
+            .collect())
+    }
+
+    /// max / std per unit of site `si`: how far a unit's peak stands above its typical spread
+    /// (0 where the spread is 0).
+    pub fn selectivity(&self, si: usize) -> Result<Vec<f64>> {
+        let max = self.column_f64(si, "max")?;
+        let var = self.column_f64(si, "var")?;
+        Ok(max
+            .iter()
+            .zip(&var)
+            .map(|(&m, &v)| if v > 0.0 { m / v.sqrt() } else { 0.0 })
+            .collect())
+    }
+
     pub fn column_f64(&self, site: usize, field: &str) -> Result<Vec<f64>> {
         let SiteInfo { name, units } = &self.manifest.sites[site];
         let key = format!("{name}.{field}");

@@ -46,25 +46,16 @@ pub fn time_lookups(atlas: &Atlas, n: usize) -> Result<serde_json::Value> {
 pub fn summary(a: &Atlas, top: usize) -> Result<serde_json::Value> {
     let mut sites = Vec::new();
     for (si, info) in a.manifest.sites.iter().enumerate() {
-        let count = a.column_f64(si, "count")?;
         let fire = a.column_f64(si, "fire")?;
         let var = a.column_f64(si, "var")?;
         let max = a.column_f64(si, "max")?;
         let n = info.units;
-        let rates: Vec<f64> = (0..n)
-            .map(|u| {
-                if count[u] > 0.0 {
-                    fire[u] / count[u]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let rates = a.fire_rates(si)?;
         let dead = fire.iter().filter(|&&f| f == 0.0).count();
-        // Selectivity: how far the unit's peak stands above its typical spread.
+        let selectivity = a.selectivity(si)?;
         let mut sel: Vec<(usize, f64)> = (0..n)
             .filter(|&u| var[u] > 0.0)
-            .map(|u| (u, max[u] / var[u].sqrt()))
+            .map(|u| (u, selectivity[u]))
             .collect();
         sel.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
         sites.push(json!({

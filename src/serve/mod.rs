@@ -119,24 +119,12 @@ impl AppState {
             .and_then(|p| Tokenizer::from_file(&p).ok());
         let mut cols = Vec::new();
         for (si, info) in atlas.manifest.sites.iter().enumerate() {
-            let count = atlas.column_f64(si, "count")?;
-            let fire = atlas.column_f64(si, "fire")?;
             let var = atlas.column_f64(si, "var")?;
             let max = atlas.column_f64(si, "max")?;
             let mean = atlas.column_f64(si, "mean")?;
             let std: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
-            let fire_rate = (0..info.units)
-                .map(|u| {
-                    if count[u] > 0.0 {
-                        fire[u] / count[u]
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let selectivity = (0..info.units)
-                .map(|u| if std[u] > 0.0 { max[u] / std[u] } else { 0.0 })
-                .collect();
+            let fire_rate = atlas.fire_rates(si)?;
+            let selectivity = atlas.selectivity(si)?;
             let mut sorted: Vec<f64> = max.iter().copied().filter(|x| x.is_finite()).collect();
             sorted.sort_by(f64::total_cmp);
             let typical_max = sorted

@@ -56,6 +56,21 @@ pub fn close(actual: &Tensor, expected: &Tensor) -> (f32, f32, bool) {
 
 pub mod planted;
 
+/// Run the ftri binary: (exit code, stdout, stderr). Fails the test if it panicked.
+pub fn run_ftri(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(ftri_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
 pub fn ftri_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ftri")
 }
