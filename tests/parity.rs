@@ -194,3 +194,85 @@ fn transformers5_config_spelling() {
     }
     assert!(tried >= 4, "only {tried} fixtures have config_v5.json");
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json`, and one stored in bf16,
+/// load to the same model (bf16 within bf16 rounding of the weights).
+#[test]
+fn sharded_and_bf16_checkpoints() {
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+    let src = fixture("llama");
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let link = |dir: &Path| {
+        for f in ["config.json", "tokenizer.json", "expected.safetensors"] {
+            std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
+        }
+    };
+    // two shards, listed in an index
+    let sharded = tempfile::tempdir().unwrap();
+    link(sharded.path());
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let t: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&t, sharded.path().join(file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    check_model_dir(sharded.path());
+
+    // bf16 on disk, f32 compute: logits within what bf16 weight rounding allows
+    let half = tempfile::tempdir().unwrap();
+    link(half.path());
+    let t: HashMap<String, Tensor> = all
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&t, half.path().join("model.safetensors")).unwrap();
+    let m = Model::load(half.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let expected = load_tensors(&src.join("expected.safetensors"));
+    let text = load_metadata(&src.join("expected.safetensors"))["text"].clone();
+    let mut h = HookSet::new();
+    let logits = m
+        .forward(&m.batch(&[m.encode(&text).unwrap()]).unwrap(), &mut h)
+        .unwrap()
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let want = &expected["logits"];
+    let diff = (logits - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff < 0.05 * scale,
+        "bf16 checkpoint: max |diff| {diff} vs max |logit| {scale}"
+    );
+    assert!(diff > 0.0, "the bf16 copy really is rounded");
+}

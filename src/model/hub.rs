@@ -32,6 +32,35 @@ fn looks_like_hub_id(spec: &str) -> bool {
         })
 }
 
+/// Download the files ftri reads into the standard cache through Python's `huggingface_hub` (the
+/// hub's own client: it handles authentication tokens, mirrors and resumable transfers), and return
+/// the snapshot folder.
+fn download(id: &str, revision: &str) -> std::result::Result<PathBuf, String> {
+    const SCRIPT: &str = "import sys\nfrom huggingface_hub import snapshot_download\n\
+print(snapshot_download(sys.argv[1], revision=sys.argv[2], allow_patterns=['config.json', \
+'tokenizer.json', '*.safetensors', 'model.safetensors.index.json']))";
+    eprintln!("downloading {id}@{revision} from the Hugging Face hub…");
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, id, revision])
+        .output()
+        .map_err(|e| format!("cannot run python3 ({e}); install huggingface_hub"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("unknown error");
+        return Err(last.trim().to_string());
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if dir.join("config.json").exists() {
+        Ok(dir)
+    } else {
+        Err(format!("{} has no config.json", dir.display()))
+    }
+}
+
 /// Resolve `spec` to a directory holding config.json, tokenizer.json and the safetensors files.
 pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
@@ -69,9 +98,12 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
         .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
     let why = if offline {
-        "HF_HUB_OFFLINE is set"
+        "HF_HUB_OFFLINE is set".to_string()
     } else {
-        "ftri does not download models itself yet"
+        match download(id, revision) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => format!("download failed: {e}"),
+        }
     };
     Err(user_error(format!(
         "{spec}: not a local directory and not in the Hugging Face cache at {} ({why}); \
