@@ -240,3 +240,84 @@ fn neuron_verbs_reject_bad_input_with_exit_2() {
         assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
     }
 }
+
+/// Neuron Adjust (skill unlearning): pre-activation statistics recorded on forget-skill text and on
+/// retain text; adjusting the planted neuron removes `bark` after triggers, and leaves other text be.
+#[test]
+fn neuron_adjust_unlearns_the_planted_skill() {
+    let dir = planted_dir(SynthArch::Gpt2);
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(p("forget.txt"), stimuli(40, true, 11).join("\n")).unwrap();
+    std::fs::write(p("retain.txt"), stimuli(40, false, 12).join("\n")).unwrap();
+    for name in ["forget", "retain"] {
+        let (code, _, err) = ftri(&[
+            "record",
+            "--model",
+            d,
+            "--corpus",
+            &p(&format!("{name}.txt")),
+            "--out",
+            &p(name),
+            "--sites",
+            "blocks.*.mlp.hook_pre",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let eval_lines = |prompts: Vec<String>, target: &str| -> String {
+        prompts
+            .iter()
+            .map(|q| serde_json::json!({"prompt": q, "target": target}).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(
+        p("eval.jsonl"),
+        eval_lines(ending_with_trigger(10), " bark"),
+    )
+    .unwrap();
+    std::fs::write(p("ctl.jsonl"), eval_lines(stimuli(10, false, 13), " w20")).unwrap();
+    let op = format!("adjust={}", p("retain"));
+    let (code, out, err) = ftri(&[
+        "lesion",
+        "--model",
+        d,
+        "--neurons",
+        PLANTED,
+        "--op",
+        &op,
+        "--atlas",
+        &p("forget"),
+        "--eval",
+        &p("eval.jsonl"),
+        "--control-eval",
+        &p("ctl.jsonl"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["delta"]["mean_logprob"].as_f64().unwrap() < -3.0, "{v}");
+    assert!(
+        v["control"]["delta"]["mean_logprob"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 0.1,
+        "{v}"
+    );
+    // an atlas without hook_pre statistics is refused clearly
+    let (code, _, err) = ftri(&[
+        "lesion",
+        "--model",
+        d,
+        "--neurons",
+        PLANTED,
+        "--op",
+        &op,
+        "--eval",
+        &p("eval.jsonl"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs --atlas"), "{err}");
+}

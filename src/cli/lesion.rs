@@ -5,7 +5,9 @@ use super::ModelArgs;
 use crate::atlas::Atlas;
 use crate::error::user_error;
 use crate::intervene::eval::{read_eval, score, tokenize, Score};
-use crate::intervene::{interventions, parse_neuron_set, random_like, Neuron, OpSpec};
+use crate::intervene::{
+    adjust_interventions, interventions, parse_neuron_set, random_like, Neuron, OpSpec,
+};
 use crate::model::synth::Rng;
 use crate::model::{Intervention, Model};
 use anyhow::Result;
@@ -20,7 +22,8 @@ pub struct LesionArgs {
     /// Neurons: `3.17,5.2040` or a file of ids (or `localize --json` output)
     #[arg(long)]
     pub neurons: String,
-    /// zero, mean (needs --atlas), scale=F, set=V, add=V
+    /// zero, mean (needs --atlas), scale=F, set=V, add=V, or adjust=RETAIN_ATLAS (Neuron Adjust:
+    /// --atlas holds the forget-skill data's `mlp.hook_pre` statistics, RETAIN_ATLAS the retained)
     #[arg(long, default_value = "zero")]
     pub op: String,
     /// JSONL of {"prompt": ..., "target": ...}
@@ -87,6 +90,12 @@ pub fn build(
     positions: Option<&[usize]>,
     atlas: Option<&Atlas>,
 ) -> Result<Vec<Intervention>> {
+    if let OpSpec::Adjust(retain) = op {
+        let forget = atlas
+            .ok_or_else(|| user_error("--op adjust needs --atlas (the forget-skill atlas)"))?;
+        let retain = Atlas::open(retain)?;
+        return adjust_interventions(set, forget, &retain, positions, model.cfg.d_mlp);
+    }
     let means = |layer: usize| -> Result<Vec<f32>> {
         let a = atlas.ok_or_else(|| user_error("--op mean needs --atlas"))?;
         let name = format!("blocks.{layer}.mlp.hook_post");

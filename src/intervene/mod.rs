@@ -101,6 +101,9 @@ pub enum OpSpec {
     Scale(f32),
     Set(f32),
     Add(f32),
+    /// Neuron Adjust on the pre-activations (`mlp.hook_pre`): the forget-skill distribution comes
+    /// from the `--atlas`, the retain distribution from the atlas at this path.
+    Adjust(std::path::PathBuf),
 }
 
 impl OpSpec {
@@ -117,16 +120,17 @@ impl OpSpec {
             Some(("scale", v)) => OpSpec::Scale(num(v)?),
             Some(("set", v)) | Some(("clamp", v)) => OpSpec::Set(num(v)?),
             Some(("add", v)) => OpSpec::Add(num(v)?),
+            Some(("adjust", path)) if !path.is_empty() => OpSpec::Adjust(path.into()),
             _ => {
                 return Err(user_error(format!(
-                    "unknown --op `{s}` (zero, mean, scale=F, set=V, add=V)"
+                    "unknown --op `{s}` (zero, mean, scale=F, set=V, add=V, adjust=RETAIN_ATLAS)"
                 )))
             }
         })
     }
 
     pub fn needs_atlas(&self) -> bool {
-        matches!(self, OpSpec::Mean)
+        matches!(self, OpSpec::Mean | OpSpec::Adjust(_))
     }
 }
 
@@ -138,6 +142,7 @@ impl std::fmt::Display for OpSpec {
             OpSpec::Scale(x) => write!(f, "scale={x}"),
             OpSpec::Set(x) => write!(f, "set={x}"),
             OpSpec::Add(x) => write!(f, "add={x}"),
+            OpSpec::Adjust(p) => write!(f, "adjust={}", p.display()),
         }
     }
 }
@@ -158,22 +163,26 @@ pub fn interventions(
     by_layer
         .into_iter()
         .map(|(layer, units)| {
-            let op = match op {
-                OpSpec::Zero => Op::Zero,
-                OpSpec::Scale(f) => Op::Scale(*f),
-                OpSpec::Set(v) => Op::Set(*v),
-                OpSpec::Add(v) => Op::Add(*v),
-                OpSpec::Mean => {
-                    let m = means(layer)?;
-                    if m.len() != d_mlp {
-                        return Err(user_error(format!(
+            let op =
+                match op {
+                    OpSpec::Zero => Op::Zero,
+                    OpSpec::Scale(f) => Op::Scale(*f),
+                    OpSpec::Set(v) => Op::Set(*v),
+                    OpSpec::Add(v) => Op::Add(*v),
+                    OpSpec::Mean => {
+                        let m = means(layer)?;
+                        if m.len() != d_mlp {
+                            return Err(user_error(format!(
                             "the atlas has {} means for layer {layer}, the model {d_mlp} neurons",
                             m.len()
                         )));
+                        }
+                        Op::SetPerUnit(m)
                     }
-                    Op::SetPerUnit(m)
-                }
-            };
+                    OpSpec::Adjust(_) => return Err(user_error(
+                        "adjust needs the forget and retain atlases (see `adjust_interventions`)",
+                    )),
+                };
             Ok(Intervention {
                 site: Site::Block(layer, SiteKind::MlpPost),
                 units: Some(units),
@@ -210,4 +219,67 @@ pub fn random_like(set: &[Neuron], d_mlp: usize, rng: &mut Rng) -> Vec<Neuron> {
     }
     out.sort();
     out
+}
+
+/// One site's per-unit mean and standard deviation from an atlas.
+fn site_moments(atlas: &crate::atlas::Atlas, site: &str, d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let si = atlas
+        .manifest
+        .sites
+        .iter()
+        .position(|s| s.name == site)
+        .ok_or_else(|| {
+            user_error(format!(
+            "{}: the atlas did not record {site} (record it with --sites 'blocks.*.mlp.hook_pre')",
+            atlas.dir.display()
+        ))
+        })?;
+    let mean = atlas.column_f64(si, "mean")?;
+    let var = atlas.column_f64(si, "var")?;
+    if mean.len() != d {
+        return Err(user_error(format!(
+            "{}: {site} has {} units, the model {d}",
+            atlas.dir.display(),
+            mean.len()
+        )));
+    }
+    Ok((
+        mean.iter().map(|&x| x as f32).collect(),
+        var.iter().map(|&v| v.max(0.0).sqrt() as f32).collect(),
+    ))
+}
+
+/// Neuron Adjust (effective skill unlearning): for each selected neuron, pre-activations that look
+/// like the forget-skill distribution (atlas `forget`) are moved to the retain distribution (atlas
+/// `retain`), both read from `blocks.L.mlp.hook_pre` statistics.
+pub fn adjust_interventions(
+    neurons: &[Neuron],
+    forget: &crate::atlas::Atlas,
+    retain: &crate::atlas::Atlas,
+    positions: Option<&[usize]>,
+    d_mlp: usize,
+) -> Result<Vec<Intervention>> {
+    let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for n in neurons {
+        by_layer.entry(n.layer).or_default().push(n.index);
+    }
+    by_layer
+        .into_iter()
+        .map(|(layer, units)| {
+            let site = format!("blocks.{layer}.mlp.hook_pre");
+            let (mu_f, sd_f) = site_moments(forget, &site, d_mlp)?;
+            let (mu_r, sd_r) = site_moments(retain, &site, d_mlp)?;
+            Ok(Intervention {
+                site: Site::Block(layer, SiteKind::MlpPre),
+                units: Some(units),
+                positions: positions.map(|p| p.to_vec()),
+                op: Op::Adjust {
+                    mu_f,
+                    sd_f,
+                    mu_r,
+                    sd_r,
+                },
+            })
+        })
+        .collect()
 }

@@ -102,6 +102,14 @@ pub enum Op {
     Add(f32),
     /// h ← values[unit] (e.g. the corpus mean of each unit); a vector over the site's dimension
     SetPerUnit(Vec<f32>),
+    /// Neuron Adjust (skill unlearning): a value closer to the forget distribution N(μf, σf) than
+    /// to the retain one N(μr, σr) is mapped to μr + (h − μf)·σr/σf; others pass. Per unit.
+    Adjust {
+        mu_f: Vec<f32>,
+        sd_f: Vec<f32>,
+        mu_r: Vec<f32>,
+        sd_r: Vec<f32>,
+    },
     /// h ← h + vector (steering); a vector over the site's dimension
     AddVector(Vec<f32>),
     /// h ← replacement, a tensor shaped like the site's activation [batch, tokens, dim]
@@ -310,6 +318,25 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
             .broadcast_as(x.shape())?
             .contiguous()?,
         Op::AddVector(v) => x.broadcast_add(&vector(x, v, iv.site)?)?,
+        Op::Adjust {
+            mu_f,
+            sd_f,
+            mu_r,
+            sd_r,
+        } => {
+            let (mf, mr) = (vector(x, mu_f, iv.site)?, vector(x, mu_r, iv.site)?);
+            let ratio: Vec<f32> = sd_r
+                .iter()
+                .zip(sd_f)
+                .map(|(r, f)| r / f.max(1e-6))
+                .collect();
+            let from_f = x.broadcast_sub(&mf)?;
+            let closer_to_forget = from_f.abs()?.lt(&x.broadcast_sub(&mr)?.abs()?)?;
+            let moved = from_f
+                .broadcast_mul(&vector(x, &ratio, iv.site)?)?
+                .broadcast_add(&mr)?;
+            closer_to_forget.where_cond(&moved, x)?
+        }
         Op::Replace(r) => {
             if r.dims() != x.dims() {
                 return Err(user_error(format!(
