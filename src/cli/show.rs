@@ -41,22 +41,28 @@ fn separator(tok: Option<&Tokenizer>, ids: &[Option<u32>]) -> &'static str {
     }
 }
 
-/// The context as one string with the example token between « ».
+/// The context as one string with the example token between « ». WordPiece continuations
+/// (`##ing`) join the previous piece, as the tokenizer's decoder would.
 fn marked(texts: &[Option<String>], at: usize, sep: &str) -> String {
-    texts
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            t.as_ref().map(|t| {
-                if i == at {
-                    format!("«{t}»")
-                } else {
-                    t.clone()
-                }
-            })
-        })
-        .collect::<Vec<_>>()
-        .join(sep)
+    let mut out = String::new();
+    for (i, t) in texts.iter().enumerate() {
+        let Some(t) = t else { continue };
+        let (joined, piece) = match t.strip_prefix("##") {
+            Some(rest) if sep == " " && !out.is_empty() => (true, rest),
+            _ => (false, t.as_str()),
+        };
+        if !out.is_empty() && !joined {
+            out.push_str(sep);
+        }
+        if i == at {
+            out.push('«');
+            out.push_str(piece);
+            out.push('»');
+        } else {
+            out.push_str(piece);
+        }
+    }
+    out
 }
 
 pub fn unit_json(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> serde_json::Value {
