@@ -60,3 +60,15 @@ pub fn write_safetensors(
         Ok(())
     })
 }
+
+/// Print a result as the pretty JSON of `--json`. Keys come out sorted (through
+/// `serde_json::Value`), the same whatever order a struct declares them in.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", to_pretty_json(value)?);
+    Ok(())
+}
+
+/// The pretty JSON `print_json` prints.
+pub fn to_pretty_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::to_value(value)?)?)
+}

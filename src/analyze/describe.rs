@@ -66,24 +66,8 @@ pub struct NeuronDescription {
 
 /// Parse `L.N` and check it against the model.
 pub fn parse_neuron(s: &str, m: &Model) -> Result<(usize, usize)> {
-    let bad = || user_error(format!("bad neuron `{s}`: expected LAYER.INDEX, e.g. 3.17"));
-    let (l, n) = s.trim().split_once('.').ok_or_else(bad)?;
-    let layer: usize = l.parse().map_err(|_| bad())?;
-    let index: usize = n.parse().map_err(|_| bad())?;
-    if layer >= m.cfg.n_layers {
-        return Err(user_error(format!(
-            "neuron {s}: layer {layer} out of range (the model has layers 0 to {})",
-            m.cfg.n_layers - 1
-        )));
-    }
-    let d_mlp = m.net.blocks[layer].mlp.down.w.dim(0)?;
-    if index >= d_mlp {
-        return Err(user_error(format!(
-            "neuron {s}: index {index} out of range (layer {layer} has neurons 0 to {})",
-            d_mlp.saturating_sub(1)
-        )));
-    }
-    Ok((layer, index))
+    let n = crate::intervene::Neuron::parse(s, &m.cfg)?;
+    Ok((n.layer, n.index))
 }
 
 /// The dtype the products run in: f32 on the CPU (its half-precision matmuls are slow), the

@@ -136,6 +136,107 @@ pub struct Finding {
     pub q: f64,
 }
 
+/// Layers from `--layers`: `0-5`, `1,3,5` (all when absent).
+pub fn parse_layers(spec: Option<&str>, n_layers: usize) -> Result<Vec<usize>> {
+    let Some(spec) = spec else {
+        return Ok((0..n_layers).collect());
+    };
+    let bad = |p: &str| {
+        user_error(format!(
+            "--layers: `{p}` is not a layer or range (e.g. 0-5 or 1,3)"
+        ))
+    };
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad(part))?,
+                b.parse::<usize>().map_err(|_| bad(part))?,
+            ),
+            None => {
+                let x = part.parse::<usize>().map_err(|_| bad(part))?;
+                (x, x)
+            }
+        };
+        if a > b || b >= n_layers {
+            return Err(user_error(format!(
+                "--layers: `{part}` is outside the model's layers 0-{}",
+                n_layers - 1
+            )));
+        }
+        out.extend(a..=b);
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(bad(spec));
+    }
+    Ok(out)
+}
+
+/// What to localize: stimuli, which units (a per-block hook point over some layers), how.
+#[derive(Debug, Clone)]
+pub struct LocalizeRequest {
+    pub target: Vec<Stimulus>,
+    pub control: Vec<Stimulus>,
+    /// The hook point within each block (`mlp.hook_post` for neurons).
+    pub site: SiteKind,
+    pub layers: Vec<usize>,
+    pub reduce: Reduce,
+    pub method: Method,
+    /// False discovery rate for the Benjamini–Hochberg count.
+    pub fdr: f64,
+    /// How many findings to keep.
+    pub top: usize,
+    /// Stimuli per forward pass.
+    pub batch: usize,
+}
+
+/// `ftri localize --json`, the server's `/api/localize` and the demo's concepts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Localization {
+    pub site: String,
+    pub method: &'static str,
+    pub reduce: &'static str,
+    pub n_target: usize,
+    pub n_control: usize,
+    pub units_tested: usize,
+    pub fdr: f64,
+    /// Units with q ≤ fdr.
+    pub significant: usize,
+    /// The `top` best findings.
+    pub neurons: Vec<Finding>,
+}
+
+/// Run both stimulus sets through the model and compare them unit by unit.
+pub fn localize(model: &Model, r: &LocalizeRequest) -> Result<Localization> {
+    let sites: Vec<Site> = r.layers.iter().map(|&l| Site::Block(l, r.site)).collect();
+    for s in &sites {
+        model.parse_site(&s.to_string())?;
+    }
+    let t = unit_values(model, &r.target, &sites, r.reduce, r.method, r.batch)?;
+    let c = unit_values(model, &r.control, &sites, r.reduce, r.method, r.batch)?;
+    let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, model.site_dim(*s))).collect();
+    let mut findings = contrast(&sized, &t, &c)?;
+    let significant = findings.iter().filter(|f| f.q <= r.fdr).count();
+    let units_tested = findings.len();
+    findings.truncate(r.top);
+    Ok(Localization {
+        site: r.site.suffix().to_string(),
+        method: r.method.name(),
+        reduce: match r.method {
+            Method::Attribution => "sum",
+            Method::Contrast => r.reduce.name(),
+        },
+        n_target: r.target.len(),
+        n_control: r.control.len(),
+        units_tested,
+        fdr: r.fdr,
+        significant,
+        neurons: findings,
+    })
+}
+
 /// Token ids of a stimulus and how many of them are the prompt (the rest is the target).
 fn tokens(model: &Model, s: &Stimulus) -> Result<(Vec<u32>, usize)> {
     let mut ids = model.tokenizer.encode(&s.text)?;

@@ -2,9 +2,11 @@
 //! atomically; opening one for per-unit queries; merging shards. See docs/atlas.md.
 
 pub mod tensors;
+pub mod view;
 
 use crate::corpus::CorpusFile;
 use crate::error::user_error;
+use crate::model::UnitId;
 use crate::record::state::{HistSpec, SiteState, TopSpec};
 use crate::record::RecordState;
 use anyhow::Result;
@@ -344,15 +346,12 @@ impl Atlas {
                 "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
             ))
         };
-        let (site, unit) = match spec.rsplit_once(':') {
-            Some((s, n)) => (s.to_string(), n.parse::<usize>().map_err(|_| bad())?),
-            None => {
-                let (l, n) = spec.split_once('.').ok_or_else(bad)?;
-                let l: usize = l.parse().map_err(|_| bad())?;
-                let n: usize = n.parse().map_err(|_| bad())?;
-                (format!("blocks.{l}.mlp.hook_post"), n)
-            }
-        };
+        let (site, unit) = spec
+            .parse::<UnitId>()
+            .ok()
+            .and_then(|u| u.as_hook())
+            .ok_or_else(bad)?;
+        let site = site.to_string();
         let si = self
             .manifest
             .sites
@@ -379,6 +378,12 @@ impl Atlas {
             )));
         }
         Ok((si, unit))
+    }
+
+    /// Index of `site` among the recorded hook points.
+    pub fn site_index(&self, site: crate::model::Site) -> Option<usize> {
+        let name = site.to_string();
+        self.manifest.sites.iter().position(|s| s.name == name)
     }
 
     /// One unit's statistics and top examples: reads a few bytes from the mapped files.
@@ -604,11 +609,5 @@ pub fn merge(paths: &[PathBuf]) -> Result<(Manifest, RecordState, Option<PathBuf
 
 /// The name users type for a unit: `L.N` for `blocks.L.mlp.hook_post`, else `HOOK:N`.
 pub fn unit_name(site: &str, unit: usize) -> String {
-    match site
-        .strip_prefix("blocks.")
-        .and_then(|r| r.strip_suffix(".mlp.hook_post"))
-    {
-        Some(l) if l.parse::<usize>().is_ok() => format!("{l}.{unit}"),
-        _ => format!("{site}:{unit}"),
-    }
+    UnitId::name_of(site, unit)
 }

@@ -25,7 +25,7 @@ pub struct AtlasArgs {
 pub fn time_lookups(atlas: &Atlas, n: usize) -> Result<serde_json::Value> {
     let sites: Vec<usize> = atlas.manifest.sites.iter().map(|s| s.units).collect();
     let total: usize = sites.iter().sum();
-    let mut rng = crate::model::synth::Rng::new(7);
+    let mut rng = crate::rng::Rng::new(7);
     let picks: Vec<(usize, usize)> = (0..n.max(1))
         .map(|_| {
             let si = rng.below(sites.len());

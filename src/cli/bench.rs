@@ -3,8 +3,8 @@
 //! (bench/reference_forward.py) on the same checkpoint.
 
 use super::ModelArgs;
-use crate::model::synth::Rng;
 use crate::model::HookSet;
+use crate::rng::Rng;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -31,21 +31,6 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Peak resident memory of this process (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// f32 GFLOP/s of a 1024x4096 @ 4096x1024 product through candle (best of 5).
 pub fn matmul_gflops() -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (1024, 4096), &Device::Cpu)?;
@@ -63,7 +48,7 @@ pub fn matmul_gflops() -> Result<f64> {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let m = a.model.load()?;
-    let sites = super::trace::select_sites(&m.sites(), &a.hooks)?;
+    let sites = crate::model::hooks::select_sites(&m.sites(), &a.hooks)?;
     let mut rng = Rng::new(1);
     let vocab = m.cfg.vocab_size.min(m.tokenizer.vocab_size().max(1));
     let mut make_batch = || -> Result<_> {
@@ -98,7 +83,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "seconds": secs,
         "tokens_per_s": tokens as f64 / secs,
         "captured_values": values,
-        "peak_rss_mib": peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+        "peak_rss_mib": crate::sys::peak_rss_bytes() as f64 / (1024.0 * 1024.0),
         "matmul_gflops": gflops,
         "threads": rayon_threads(),
     });

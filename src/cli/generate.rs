@@ -1,7 +1,8 @@
 //! `ftri generate`: text generation, optionally with neurons held at a value on every step.
 
-use super::lesion::{atlas_means, build, parse_positions};
+use super::lesion::parse_positions;
 use super::ModelArgs;
+use crate::intervene::lesion::{build, open_atlas};
 use crate::intervene::{parse_neuron_set, OpSpec};
 use crate::model::generate::{generate, GenerateOptions};
 use anyhow::Result;
@@ -44,7 +45,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let ivs = match &a.neurons {
         Some(spec) => {
             let set = parse_neuron_set(spec, &model.cfg)?;
-            let atlas = atlas_means(a.atlas.as_deref(), &model, &op)?;
+            let atlas = open_atlas(a.atlas.as_deref(), &model, &op)?;
             build(&model, &set, &op, positions.as_deref(), atlas.as_ref())?
         }
         None => vec![],

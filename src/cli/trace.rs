@@ -1,6 +1,8 @@
+//! `ftri trace`: one text through the model, every chosen hook point saved to safetensors.
+
 use super::ModelArgs;
-use crate::error::user_error;
-use crate::model::{HookSet, Site};
+use crate::model::hooks::select_sites;
+use crate::model::HookSet;
 use crate::output::write_safetensors;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -21,30 +23,6 @@ pub struct TraceArgs {
     /// Hook points to save: comma-separated globs over TransformerLens names (default: all)
     #[arg(long, default_value = "*")]
     pub hooks: String,
-}
-
-pub fn select_sites(all: &[Site], globs: &str) -> Result<Vec<Site>> {
-    let mut b = globset::GlobSetBuilder::new();
-    for g in globs.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-        b.add(
-            globset::Glob::new(g)
-                .map_err(|e| user_error(format!("bad --hooks pattern `{g}`: {e}")))?,
-        );
-    }
-    let set = b
-        .build()
-        .map_err(|e| user_error(format!("bad --hooks: {e}")))?;
-    let chosen: Vec<Site> = all
-        .iter()
-        .copied()
-        .filter(|s| set.is_match(s.to_string()))
-        .collect();
-    if chosen.is_empty() {
-        return Err(user_error(format!(
-            "--hooks `{globs}` matches no hook point of this model (see `ftri info`)"
-        )));
-    }
-    Ok(chosen)
 }
 
 pub fn run(a: TraceArgs) -> Result<()> {

@@ -10,9 +10,8 @@ pub mod window;
 use crate::error::{user_error, UserContext};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 pub use window::{windows, Window};
@@ -120,7 +119,7 @@ impl Corpus {
         self.files
             .iter()
             .map(|(p, _)| {
-                let (size, sha256) = sha256_file(p)?;
+                let (size, sha256) = crate::hash::sha256_file(p)?;
                 Ok(CorpusFile {
                     path: p.display().to_string(),
                     size,
@@ -264,25 +263,6 @@ impl Documents<'_> {
             }
         }
     }
-}
-
-/// Size and SHA-256 (hex) of a file, read in 1 MiB pieces.
-pub fn sha256_file(p: &Path) -> Result<(u64, String)> {
-    let mut f = File::open(p).user_context(|| format!("{}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .user_context(|| format!("{}", p.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, format!("{:x}", h.finalize())))
 }
 
 fn strip_newline(buf: &mut Vec<u8>) {

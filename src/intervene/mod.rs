@@ -2,10 +2,11 @@
 //! how behaviour changes (evaluation sets, random baselines).
 
 pub mod eval;
+pub mod lesion;
 
 use crate::error::user_error;
-use crate::model::synth::Rng;
-use crate::model::{Intervention, ModelConfig, Op, Site, SiteKind};
+use crate::model::{Intervention, ModelConfig, Op, Site, SiteKind, UnitId};
+use crate::rng::Rng;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,11 +32,12 @@ impl Neuron {
                 "`{s}` is not a neuron id (expected LAYER.INDEX, e.g. 3.17)"
             ))
         };
-        let (l, n) = s.trim().split_once('.').ok_or_else(bad)?;
-        let n = Neuron {
-            layer: l.parse().map_err(|_| bad())?,
-            index: n.parse().map_err(|_| bad())?,
-        };
+        let (layer, index) = s
+            .parse::<UnitId>()
+            .ok()
+            .and_then(|u| u.as_neuron())
+            .ok_or_else(bad)?;
+        let n = Neuron { layer, index };
         if n.layer >= cfg.n_layers {
             return Err(user_error(format!(
                 "neuron {n}: layer {} out of range (the model has {} layers)",

@@ -2,10 +2,10 @@
 //! step, to the prompt and to each new token.
 
 use super::hooks::{HookSet, Intervention};
-use super::synth::Rng;
 use super::transformer::KvCache;
 use super::Model;
 use crate::error::user_error;
+use crate::rng::Rng;
 use anyhow::Result;
 use candle_core::{DType, D};
 

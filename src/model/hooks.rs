@@ -89,6 +89,32 @@ impl fmt::Display for Site {
     }
 }
 
+/// The sites among `all` whose TransformerLens names match comma-separated globs
+/// (`blocks.*.mlp.hook_post,logits`), in forward order.
+pub fn select_sites(all: &[Site], globs: &str) -> Result<Vec<Site>> {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in globs.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        b.add(
+            globset::Glob::new(g)
+                .map_err(|e| user_error(format!("bad --hooks pattern `{g}`: {e}")))?,
+        );
+    }
+    let set = b
+        .build()
+        .map_err(|e| user_error(format!("bad --hooks: {e}")))?;
+    let chosen: Vec<Site> = all
+        .iter()
+        .copied()
+        .filter(|s| set.is_match(s.to_string()))
+        .collect();
+    if chosen.is_empty() {
+        return Err(user_error(format!(
+            "--hooks `{globs}` matches no hook point of this model (see `ftri info`)"
+        )));
+    }
+    Ok(chosen)
+}
+
 /// What an intervention does to the selected entries `h` of a site.
 #[derive(Debug, Clone)]
 pub enum Op {

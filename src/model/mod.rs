@@ -15,12 +15,14 @@ pub mod plant;
 pub mod synth;
 pub mod tokenizer;
 pub mod transformer;
+pub mod unit;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use hooks::{HookSet, Intervention, Op, Site, SiteKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, KvCache, Transformer};
+pub use unit::UnitId;
 
 use crate::error::user_error;
 use anyhow::Result;

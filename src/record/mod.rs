@@ -4,6 +4,7 @@
 //! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations.
 //! Writing the state to disk is the caller's job (the atlas stage), through `checkpoint`.
 
+pub mod session;
 pub mod state;
 
 use crate::corpus::{windows, Documents, Skip};

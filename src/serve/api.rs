@@ -4,9 +4,11 @@
 use super::{assets, runs, search, AppState, Shared, STATS};
 use crate::analyze::localize::Reduce;
 use crate::atlas::unit_name;
+use crate::atlas::view::unit_view;
 use crate::error::is_user_error;
 use crate::intervene::{Neuron, OpSpec};
-use crate::model::{Model, Site, Tokenizer};
+use crate::model::{Model, Site};
+use crate::render::separator;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -267,7 +269,8 @@ fn resolve(s: &AppState, id: &str) -> Result<(usize, usize), ApiError> {
 async fn neuron(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let (si, u) = resolve(&s, &id)?;
     let r = s.atlas.unit(si, u)?;
-    let mut j = crate::cli::show::unit_json(&s.atlas, &r, s.tok.as_ref());
+    let mut j = serde_json::to_value(unit_view(&s.atlas, &r, s.tok.as_ref()))
+        .map_err(anyhow::Error::from)?;
     if s.model.is_some() {
         let layer = super::neuron_layer(&r.site);
         let d = match layer {
@@ -283,16 +286,6 @@ async fn neuron(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
         j["describe"] = d;
     }
     Ok(Json(j))
-}
-
-/// What goes between two decoded tokens (as `ftri show` joins them): nothing for byte-level
-/// BPE, a space for word-level vocabularies.
-fn separator(tok: Option<&Tokenizer>, ids: &[Option<u32>]) -> &'static str {
-    let pair: Vec<u32> = ids.iter().flatten().copied().take(2).collect();
-    match (tok, pair.as_slice()) {
-        (Some(tk), [a, b]) if tk.decode(&[*a, *b]) != tk.token_text(*a) + &tk.token_text(*b) => " ",
-        _ => "",
-    }
 }
 
 /// Each top example's context as tokens, with the unit's activation at every token when a model

@@ -6,32 +6,16 @@ use crate::analyze::localize::{contrast, unit_values, Finding, Method, Reduce, S
 use crate::atlas::Atlas;
 use crate::error::user_error;
 use crate::intervene::{Neuron, OpSpec};
-use crate::model::{HookSet, Model, Site, SiteKind};
+use crate::model::{HookSet, Model, Site, SiteKind, UnitId};
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
 /// `L.N` (neuron of `blocks.L.mlp.hook_post`) or `HOOK:N`, checked against the model.
 pub fn model_unit(model: &Model, spec: &str) -> Result<(Site, usize)> {
-    match spec.rsplit_once(':') {
-        Some((site, n)) => {
-            let site = model.parse_site(site)?;
-            let n: usize = n
-                .parse()
-                .map_err(|_| user_error(format!("`{spec}`: `{n}` is not a unit index")))?;
-            let dim = model.site_dim(site);
-            if n >= dim {
-                return Err(user_error(format!(
-                    "`{spec}`: unit {n} out of range ({site} has {dim} units)"
-                )));
-            }
-            Ok((site, n))
-        }
-        None => {
-            let n = Neuron::parse(spec, &model.cfg)?;
-            Ok((Site::Block(n.layer, SiteKind::MlpPost), n.index))
-        }
-    }
+    spec.parse::<UnitId>()
+        .map_err(|e| user_error(e.to_string()))?
+        .on_model(model)
 }
 
 /// Activation of `unit` at `site` for every token of each sequence.
@@ -122,7 +106,7 @@ pub fn compare(
     n: Neuron,
     op: &OpSpec,
 ) -> Result<Comparison> {
-    let ivs = crate::cli::lesion::build(model, &[n], op, None, Some(atlas))?;
+    let ivs = crate::intervene::lesion::build(model, &[n], op, None, Some(atlas))?;
     let site = Site::Block(n.layer, SiteKind::MlpPost);
     let mut base = HookSet::new();
     base.capture(site);

@@ -1,0 +1,186 @@
+//! The lesion job: apply an op to a neuron set, score evaluation prompts before and after, score a
+//! control set, and repeat the op on random same-layer sets as a baseline. `ftri lesion`, the
+//! server's intervene endpoint and the bindings call this; they only parse and print.
+
+use super::eval::{score, tokenize, EvalItem, Score};
+use super::{adjust_interventions, interventions, random_like, Neuron, OpSpec};
+use crate::atlas::Atlas;
+use crate::error::user_error;
+use crate::model::{Intervention, Model, Site, SiteKind};
+use crate::rng::Rng;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+
+/// What to lesion and how to measure it.
+pub struct LesionRequest {
+    pub neurons: Vec<Neuron>,
+    pub op: OpSpec,
+    /// Token positions to act on (`None` = all).
+    pub positions: Option<Vec<usize>>,
+    pub eval: Vec<EvalItem>,
+    /// A second evaluation set the lesion should leave alone.
+    pub control_eval: Option<Vec<EvalItem>>,
+    /// How many random same-layer sets to run the op on.
+    pub random_baseline: usize,
+    pub seed: u64,
+    /// The atlas that `mean` and `adjust` read (see [`open_atlas`]).
+    pub atlas: Option<Atlas>,
+}
+
+/// Scores of one evaluation set before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub baseline: Score,
+    pub intervened: Score,
+    pub delta: Score,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RandomBaseline {
+    pub sets: usize,
+    pub mean_delta: Score,
+    pub std_delta: Score,
+    /// Random sets that moved the mean log-probability at least as far as the chosen set.
+    pub as_extreme: usize,
+}
+
+/// `ftri lesion --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LesionResult {
+    pub neurons: Vec<String>,
+    pub op: String,
+    pub n_eval: usize,
+    pub baseline: Score,
+    pub intervened: Score,
+    pub delta: Score,
+    pub control: Option<Change>,
+    pub random_baseline: Option<RandomBaseline>,
+}
+
+/// Open the atlas an op needs (`mean`: corpus means; `adjust`: the forget-skill statistics),
+/// checking that it was recorded on a model of this shape.
+pub fn open_atlas(path: Option<&Path>, model: &Model, op: &OpSpec) -> Result<Option<Atlas>> {
+    match (path, op.needs_atlas()) {
+        (None, true) => Err(user_error(format!(
+            "--op {op} needs --atlas (an atlas of this model from `ftri record`)"
+        ))),
+        (Some(p), _) => {
+            let a = Atlas::open(p)?;
+            if a.manifest.model.d_mlp != model.cfg.d_mlp
+                || a.manifest.model.n_layers != model.cfg.n_layers
+            {
+                return Err(user_error(format!(
+                    "{}: recorded on a model of another shape than {}",
+                    p.display(),
+                    model.id
+                )));
+            }
+            Ok(Some(a))
+        }
+        (None, false) => Ok(None),
+    }
+}
+
+/// The interventions that apply `op` to `set`; `mean` reads each layer's neuron means from
+/// `atlas`, `adjust` the forget (`atlas`) and retain statistics.
+pub fn build(
+    model: &Model,
+    set: &[Neuron],
+    op: &OpSpec,
+    positions: Option<&[usize]>,
+    atlas: Option<&Atlas>,
+) -> Result<Vec<Intervention>> {
+    if let OpSpec::Adjust(retain) = op {
+        let forget = atlas
+            .ok_or_else(|| user_error("--op adjust needs --atlas (the forget-skill atlas)"))?;
+        let retain = Atlas::open(retain)?;
+        return adjust_interventions(set, forget, &retain, positions, model.cfg.d_mlp);
+    }
+    let means = |layer: usize| -> Result<Vec<f32>> {
+        let a = atlas.ok_or_else(|| user_error("--op mean needs --atlas"))?;
+        let site = Site::Block(layer, SiteKind::MlpPost);
+        let si = a.site_index(site).ok_or_else(|| {
+            user_error(format!(
+                "{}: the atlas did not record {site}",
+                a.dir.display()
+            ))
+        })?;
+        Ok(a.column_f64(si, "mean")?
+            .into_iter()
+            .map(|x| x as f32)
+            .collect())
+    };
+    interventions(set, op, positions, model.cfg.d_mlp, &means)
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, v.sqrt())
+}
+
+pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
+    let (set, positions, atlas) = (&r.neurons, r.positions.as_deref(), r.atlas.as_ref());
+    let ivs = build(model, set, &r.op, positions, atlas)?;
+    let seqs = tokenize(model, &r.eval)?;
+    let base = score(model, &seqs, &[])?;
+    let hit = score(model, &seqs, &ivs)?;
+    let delta = hit.minus(&base);
+    let control = match &r.control_eval {
+        Some(c) => {
+            let cs = tokenize(model, c)?;
+            let (b, h) = (score(model, &cs, &[])?, score(model, &cs, &ivs)?);
+            Some(Change {
+                baseline: b,
+                intervened: h,
+                delta: h.minus(&b),
+            })
+        }
+        None => None,
+    };
+    let random_baseline = if r.random_baseline > 0 {
+        let mut rng = Rng::new(r.seed);
+        let (mut d_lp, mut d_acc) = (Vec::new(), Vec::new());
+        for _ in 0..r.random_baseline {
+            let rs = random_like(set, model.cfg.d_mlp, &mut rng);
+            let rivs = build(model, &rs, &r.op, positions, atlas)?;
+            let d = score(model, &seqs, &rivs)?.minus(&base);
+            d_lp.push(d.mean_logprob);
+            d_acc.push(d.accuracy);
+        }
+        let ((mlp, slp), (macc, sacc)) = (mean_std(&d_lp), mean_std(&d_acc));
+        Some(RandomBaseline {
+            sets: r.random_baseline,
+            mean_delta: Score {
+                mean_logprob: mlp,
+                accuracy: macc,
+            },
+            std_delta: Score {
+                mean_logprob: slp,
+                accuracy: sacc,
+            },
+            as_extreme: d_lp
+                .iter()
+                .filter(|d| d.abs() >= delta.mean_logprob.abs())
+                .count(),
+        })
+    } else {
+        None
+    };
+    Ok(LesionResult {
+        neurons: set.iter().map(|n| n.to_string()).collect(),
+        op: r.op.to_string(),
+        n_eval: r.eval.len(),
+        baseline: base,
+        intervened: hit,
+        delta,
+        control,
+        random_baseline,
+    })
+}
