@@ -1,6 +1,7 @@
 //! The `atlas` stage: the on-disk form of a recording (manifest.json + safetensors), written
 //! atomically; opening one for per-unit queries; merging shards. See docs/atlas.md.
 
+pub mod summary;
 pub mod tensors;
 pub mod view;
 

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod assets;
+mod endpoints;
 pub mod runs;
 pub mod search;
 
@@ -74,10 +75,10 @@ pub const STATS: [&str; 5] = ["fire_rate", "max", "selectivity", "mean", "std"];
 
 /// `blocks.L.mlp.hook_post` → L.
 pub fn neuron_layer(site: &str) -> Option<usize> {
-    site.strip_prefix("blocks.")?
-        .strip_suffix(".mlp.hook_post")?
-        .parse()
-        .ok()
+    match crate::model::Site::parse(site)? {
+        crate::model::Site::Block(l, crate::model::SiteKind::MlpPost) => Some(l),
+        _ => None,
+    }
 }
 
 pub struct AppState {

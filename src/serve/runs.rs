@@ -1,8 +1,7 @@
 //! What the server asks of the model: one unit's activation per token, the next-token
-//! distribution with and without an intervention, a localizer contrast, and which neurons write
-//! a token. Plain functions over `&Model`; the API runs them on the blocking pool.
+//! distribution with and without an intervention, and which neurons write a token. Plain
+//! functions over `&Model`; the API runs them on the blocking pool.
 
-use crate::analyze::localize::{contrast, unit_values, Finding, Method, Reduce, Stimulus};
 use crate::atlas::Atlas;
 use crate::error::user_error;
 use crate::intervene::{Neuron, OpSpec};
@@ -143,30 +142,6 @@ pub fn compare(
         after: top(model, &after, 10),
         kl,
     })
-}
-
-/// Rank every MLP neuron by target vs control (Welch's t; see `analyze::localize`).
-pub fn localize(
-    model: &Model,
-    target: &[String],
-    control: &[String],
-    reduce: Reduce,
-) -> Result<Vec<Finding>> {
-    let stim = |v: &[String]| -> Vec<Stimulus> {
-        v.iter()
-            .map(|t| Stimulus {
-                text: t.clone(),
-                target: None,
-            })
-            .collect()
-    };
-    let sites: Vec<Site> = (0..model.cfg.n_layers)
-        .map(|l| Site::Block(l, SiteKind::MlpPost))
-        .collect();
-    let t = unit_values(model, &stim(target), &sites, reduce, Method::Contrast, 16)?;
-    let c = unit_values(model, &stim(control), &sites, reduce, Method::Contrast, 16)?;
-    let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, model.site_dim(*s))).collect();
-    contrast(&sized, &t, &c)
 }
 
 /// The neurons whose direct effect on the logits raises token `id` most, over all layers:
