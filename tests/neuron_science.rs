@@ -6,7 +6,8 @@ use common::planted::{planted, planted_dir, stimuli, PLANTED};
 use ftri::intervene::eval::{score, tokenize, EvalItem};
 use ftri::intervene::{interventions, parse_neuron_set, random_like, OpSpec};
 use ftri::model::generate::{generate, GenerateOptions};
-use ftri::model::synth::{Rng, SynthArch};
+use ftri::model::synth::SynthArch;
+use ftri::rng::Rng;
 use ftri::model::Model;
 
 fn items(prompts: &[String]) -> Vec<EvalItem> {
