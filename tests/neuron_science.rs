@@ -7,8 +7,8 @@ use ftri::intervene::eval::{score, tokenize, EvalItem};
 use ftri::intervene::{interventions, parse_neuron_set, random_like, OpSpec};
 use ftri::model::generate::{generate, GenerateOptions};
 use ftri::model::synth::SynthArch;
-use ftri::rng::Rng;
 use ftri::model::Model;
+use ftri::rng::Rng;
 
 fn items(prompts: &[String]) -> Vec<EvalItem> {
     prompts

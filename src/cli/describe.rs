@@ -1,10 +1,9 @@
 //! `ftri describe`: the tokens a neuron promotes, suppresses and reads, from its weights alone.
 
 use super::ModelArgs;
-use crate::analyze::describe::{
-    self as d, NeuronDescription, TableFormat, TableWriter, TokenScore,
-};
+use crate::analyze::describe::{self as d, NeuronDescription, TokenScore};
 use crate::error::user_error;
+use crate::output::table::{TableFormat, TableWriter};
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};

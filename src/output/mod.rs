@@ -1,6 +1,8 @@
 //! Writing results: always to a temporary name beside the target, renamed when complete, so a
 //! killed run never leaves a file that looks finished.
 
+pub mod table;
+
 use crate::error::user_error;
 use anyhow::Result;
 use candle_core::Tensor;
