@@ -6,7 +6,6 @@ use super::ModelArgs;
 use crate::model::HookSet;
 use crate::rng::Rng;
 use anyhow::Result;
-use candle_core::{Device, Tensor};
 use clap::Args;
 use serde_json::json;
 use std::time::Instant;
@@ -29,21 +28,6 @@ pub struct BenchArgs {
     pub hooks: String,
     #[arg(long)]
     pub json: bool,
-}
-
-/// f32 GFLOP/s of a 1024x4096 @ 4096x1024 product through candle (best of 5).
-pub fn matmul_gflops() -> Result<f64> {
-    let a = Tensor::randn(0f32, 1.0, (1024, 4096), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (4096, 1024), &Device::Cpu)?;
-    let flops = 2.0 * 1024.0 * 4096.0 * 1024.0;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let c = a.matmul(&b)?;
-        c.sum_all()?.to_scalar::<f32>()?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(flops / best / 1e9)
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -72,7 +56,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let tokens = a.batches * a.batch * a.seq;
-    let gflops = matmul_gflops()?;
+    let gflops = crate::sys::matmul_gflops()?;
     let j = json!({
         "model": m.id,
         "hooks": sites.len(),

@@ -3,7 +3,7 @@
 use super::ModelArgs;
 use crate::analyze::describe::{self as d, NeuronDescription, TokenScore};
 use crate::error::user_error;
-use crate::output::table::{TableFormat, TableWriter};
+use crate::output::table::{write_describe_table, TableFormat};
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -121,41 +121,19 @@ fn print_table(desc: &NeuronDescription) {
 fn run_all(a: &DescribeArgs, out: &std::path::Path) -> Result<()> {
     let format = TableFormat::from_path(out)?;
     let m = a.model.load()?;
-    let texts = d::token_texts(&m)?;
-    let total = m.cfg.n_layers
-        * m.net
-            .blocks
-            .first()
-            .map(|b| b.mlp.down.w.dims()[0])
-            .unwrap_or(0);
+    let total = m.cfg.n_layers * m.cfg.d_mlp;
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} neurons {msg} ETA {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut timing = None;
-    crate::output::write_atomic(out, |tmp| {
-        let mut w = TableWriter::create(tmp, format)?;
-        let t = d::describe_all(
-            &m,
-            a.top,
-            a.chunk,
-            |layer, rows| w.write_layer(layer, &rows, &texts),
-            |done, t| {
-                bar.set_position(done as u64);
-                bar.set_message(format!("{:.0} GFLOP/s", t.product_gflops));
-            },
-        )?;
-        w.finish()?;
-        timing = Some(t);
-        Ok(())
+    let t = write_describe_table(&m, out, format, a.top, a.chunk, &mut |done, t| {
+        bar.set_position(done as u64);
+        bar.set_message(format!("{:.0} GFLOP/s", t.product_gflops));
     })?;
     bar.finish_and_clear();
-    let Some(t) = timing else {
-        return Err(anyhow::anyhow!("describe --all finished without timing"));
-    };
     // The reference: this machine's plain matmul, measured the way `ftri bench` does.
-    let peak = super::bench::matmul_gflops()?;
+    let peak = crate::sys::matmul_gflops()?;
     let j = json!({
         "model": m.id,
         "out": out.display().to_string(),

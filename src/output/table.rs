@@ -2,8 +2,9 @@
 //! token text with commas, quotes or newlines survives) or Parquet (native list columns), both
 //! readable from pandas.
 
-use crate::analyze::describe::{NeuronTop, Scored};
+use crate::analyze::describe::{describe_all, token_texts, AllTiming, NeuronTop, Scored};
 use crate::error::user_error;
+use crate::model::Model;
 use anyhow::Result;
 
 /// Writes `describe --all` results one layer at a time.
@@ -193,6 +194,34 @@ fn parquet_batch<'a>(
     Ok(RecordBatch::try_from_iter(
         TABLE_COLUMNS.iter().copied().zip(cols),
     )?)
+}
+
+/// `describe --all`: every neuron's top tokens into the table at `out` (written atomically).
+/// `progress` gets the neurons done so far and the timing up to then.
+pub fn write_describe_table(
+    m: &Model,
+    out: &std::path::Path,
+    format: TableFormat,
+    top: usize,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, &AllTiming),
+) -> Result<AllTiming> {
+    let texts = token_texts(m)?;
+    let mut timing = None;
+    crate::output::write_atomic(out, |tmp| {
+        let mut w = TableWriter::create(tmp, format)?;
+        let t = describe_all(
+            m,
+            top,
+            chunk,
+            |layer, rows| w.write_layer(layer, &rows, &texts),
+            |done, t| progress(done, t),
+        )?;
+        w.finish()?;
+        timing = Some(t);
+        Ok(())
+    })?;
+    timing.ok_or_else(|| anyhow::anyhow!("describe --all finished without timing"))
 }
 
 #[cfg(test)]
