@@ -1,7 +1,9 @@
 //! How tokens and contexts read as text, the same in `ftri show`, the demo's report and the
 //! browser: the text of each token through the tokenizer, what goes between two tokens, and a
-//! context with its example token marked «like this».
+//! context with its example token marked «like this»; and the text tables of results that more
+//! than a terminal may show (a neuron's description).
 
+use crate::analyze::describe::{NeuronDescription, TokenScore};
 use crate::model::Tokenizer;
 
 /// Text of each context token (`None` outside the document); `<id>` without a tokenizer.
@@ -46,6 +48,69 @@ pub fn marked(texts: &[Option<String>], at: usize, sep: &str) -> String {
         } else {
             out.push_str(piece);
         }
+    }
+    out
+}
+
+fn shown(t: Option<&TokenScore>) -> (String, String) {
+    match t {
+        // Debug quoting makes leading spaces and newlines in token text visible; a lone byte of a
+        // multi-byte character decodes to U+FFFD, so its id tells such tokens apart.
+        Some(t) if t.token.contains('\u{fffd}') => (
+            format!("{:?} #{}", t.token, t.id),
+            format!("{:.4}", t.score),
+        ),
+        Some(t) => (format!("{:?}", t.token), format!("{:.4}", t.score)),
+        None => (String::new(), String::new()),
+    }
+}
+
+/// `ftri describe`'s table: promoted, suppressed and read tokens side by side.
+pub fn description_table(desc: &NeuronDescription) -> String {
+    let mut out = String::new();
+    out += &format!(
+        "neuron {}  (writes decoded with the {})\n",
+        desc.neuron, desc.unembed
+    );
+    out += &format!("reads: {}\n", desc.reads_basis);
+    let mut cols: Vec<(&str, &[TokenScore])> = vec![
+        ("promotes", &desc.promotes),
+        ("suppresses", &desc.suppresses),
+        ("reads", &desc.reads),
+    ];
+    if let Some(up) = &desc.reads_up {
+        cols.push(("reads (up)", up));
+    }
+    let rows = cols.iter().map(|c| c.1.len()).max().unwrap_or(0);
+    let cells: Vec<Vec<(String, String)>> = cols
+        .iter()
+        .map(|(_, v)| (0..rows).map(|r| shown(v.get(r))).collect())
+        .collect();
+    let widths: Vec<usize> = cells
+        .iter()
+        .zip(&cols)
+        .map(|(c, (h, _))| {
+            c.iter()
+                .map(|x| x.0.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let mut line = format!("{:>4}", "#");
+    for ((h, _), w) in cols.iter().zip(&widths) {
+        line += &format!("  {h:<w$} {:>9}", "score");
+    }
+    out += line.trim_end();
+    out.push('\n');
+    for r in 0..rows {
+        let mut line = format!("{:>4}", r + 1);
+        for (c, w) in cells.iter().zip(&widths) {
+            let pad = w.saturating_sub(c[r].0.chars().count());
+            line += &format!("  {}{} {:>9}", c[r].0, " ".repeat(pad), c[r].1);
+        }
+        out += line.trim_end();
+        out.push('\n');
     }
     out
 }

@@ -1,7 +1,7 @@
 //! `ftri describe`: the tokens a neuron promotes, suppresses and reads, from its weights alone.
 
 use super::ModelArgs;
-use crate::analyze::describe::{self as d, NeuronDescription, TokenScore};
+use crate::analyze::describe as d;
 use crate::error::user_error;
 use crate::output::table::{write_describe_table, TableFormat};
 use anyhow::Result;
@@ -49,7 +49,7 @@ pub fn run(a: DescribeArgs) -> Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&desc)?);
             } else {
-                print_table(&desc);
+                print!("{}", crate::render::description_table(&desc));
             }
             Ok(())
         }
@@ -57,64 +57,6 @@ pub fn run(a: DescribeArgs) -> Result<()> {
         _ => Err(user_error(
             "say which neurons: --neuron L.N, or --all --out FILE",
         )),
-    }
-}
-
-fn shown(t: Option<&TokenScore>) -> (String, String) {
-    match t {
-        // Debug quoting makes leading spaces and newlines in token text visible; a lone byte of a
-        // multi-byte character decodes to U+FFFD, so its id tells such tokens apart.
-        Some(t) if t.token.contains('\u{fffd}') => (
-            format!("{:?} #{}", t.token, t.id),
-            format!("{:.4}", t.score),
-        ),
-        Some(t) => (format!("{:?}", t.token), format!("{:.4}", t.score)),
-        None => (String::new(), String::new()),
-    }
-}
-
-fn print_table(desc: &NeuronDescription) {
-    println!(
-        "neuron {}  (writes decoded with the {})",
-        desc.neuron, desc.unembed
-    );
-    println!("reads: {}", desc.reads_basis);
-    let mut cols: Vec<(&str, &[TokenScore])> = vec![
-        ("promotes", &desc.promotes),
-        ("suppresses", &desc.suppresses),
-        ("reads", &desc.reads),
-    ];
-    if let Some(up) = &desc.reads_up {
-        cols.push(("reads (up)", up));
-    }
-    let rows = cols.iter().map(|c| c.1.len()).max().unwrap_or(0);
-    let cells: Vec<Vec<(String, String)>> = cols
-        .iter()
-        .map(|(_, v)| (0..rows).map(|r| shown(v.get(r))).collect())
-        .collect();
-    let widths: Vec<usize> = cells
-        .iter()
-        .zip(&cols)
-        .map(|(c, (h, _))| {
-            c.iter()
-                .map(|x| x.0.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(h.len())
-        })
-        .collect();
-    let mut line = format!("{:>4}", "#");
-    for ((h, _), w) in cols.iter().zip(&widths) {
-        line += &format!("  {h:<w$} {:>9}", "score");
-    }
-    println!("{}", line.trim_end());
-    for r in 0..rows {
-        let mut line = format!("{:>4}", r + 1);
-        for (c, w) in cells.iter().zip(&widths) {
-            let pad = w.saturating_sub(c[r].0.chars().count());
-            line += &format!("  {}{} {:>9}", c[r].0, " ".repeat(pad), c[r].1);
-        }
-        println!("{}", line.trim_end());
     }
 }
 
