@@ -3,7 +3,8 @@
 //! stimuli, and build a report with each concept's best neurons and their top examples.
 //! `ftri demo` prints the report and serves the atlas.
 
-use crate::analyze::localize::{localize, LocalizeRequest, Method, Reduce, Stimulus};
+use crate::analyze::localize::{localize, Direction, LocalizeRequest};
+use crate::analyze::responses::{Method, Readout, Reduce, Stimulus};
 use crate::atlas::view::unit_view;
 use crate::atlas::Atlas;
 use crate::error::user_error;
@@ -186,11 +187,17 @@ pub fn run_demo(
                 control: stimuli(control),
                 site: SiteKind::MlpPost,
                 layers: (0..m.cfg.n_layers).collect(),
-                reduce: Reduce::Mean,
-                method: Method::Contrast,
+                readout: Readout {
+                    reduce: Reduce::Mean,
+                    method: Method::Contrast,
+                    include_special: false,
+                    batch: 16,
+                },
+                direction: Direction::Target,
+                // Each concept's target and control lines are written as matched pairs.
+                paired: true,
                 fdr: 0.05,
                 top,
-                batch: 16,
             },
         )?;
         let units = r

@@ -1,6 +1,7 @@
-//! The `analyze` stage: localize (contrasts, attribution, FDR), describe (weights → tokens), and
-//! the statistics they share.
+//! The `analyze` stage: how units respond to stimuli (responses), localize (contrasts,
+//! attribution, FDR), describe (weights → tokens), and the statistics they share.
 
 pub mod describe;
 pub mod localize;
+pub mod responses;
 pub mod stats;

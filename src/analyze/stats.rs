@@ -1,5 +1,6 @@
 //! Statistics for the functional localizer: Welch's t-test (two-sided p from Student's t with
-//! Welch–Satterthwaite df), Cohen's d, AUROC and Benjamini–Hochberg q-values.
+//! Welch–Satterthwaite df), for matched pairs the paired t-test and the Wilcoxon signed-rank test,
+//! Cohen's d, AUROC and Benjamini–Hochberg q-values.
 //!
 //! Everything is our own code in f64: the regularized incomplete beta function (continued fraction,
 //! modified Lentz) and log-gamma (Lanczos) are the only special functions needed. Reference values
@@ -11,7 +12,8 @@
 //!   otherwise (two constant, different groups are separated perfectly); df is then the pooled
 //!   n1 + n2 − 2, the Welch–Satterthwaite formula being 0/0. Cohen's d follows the same rule;
 //! - NaN anywhere in a group makes t, p and d NaN (never an error: one broken unit must not stop a
-//!   localizer run over thousands); AUROC orders NaN above everything (`f64::total_cmp`).
+//!   localizer run over thousands); AUROC orders NaN above everything whatever its sign bit, and
+//!   −0.0 ties with +0.0 ([`order`]).
 
 use crate::error::user_error;
 use anyhow::Result;
@@ -39,6 +41,126 @@ fn mean_var(x: &[f64]) -> (f64, f64) {
     // Two-pass variance: the one-pass formula loses everything when activations share a large offset.
     let v = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1.0);
     (m, v)
+}
+
+/// The order statistics use: numbers as usual with −0.0 equal to +0.0, and NaN (whatever its
+/// sign bit) above everything, equal to any other NaN.
+pub fn order(a: f64, b: f64) -> std::cmp::Ordering {
+    let canon = |x: f64| {
+        if x.is_nan() {
+            f64::NAN
+        } else if x == 0.0 {
+            0.0
+        } else {
+            x
+        }
+    };
+    canon(a).total_cmp(&canon(b))
+}
+
+/// The paired t-test on matched pairs (a[i], b[i]): t of the differences with n − 1 df, Cohen's
+/// d of the differences (d_z), and `auroc(a, b)`. Errors unless both have the same length ≥ 2.
+pub fn paired(a: &[f64], b: &[f64]) -> Result<Contrast> {
+    if a.len() != b.len() || a.len() < 2 {
+        return Err(user_error(format!(
+            "a paired test needs two groups of the same size, at least 2 (got {} and {})",
+            a.len(),
+            b.len()
+        )));
+    }
+    let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = diffs.len() as f64;
+    let (md, vd) = mean_var(&diffs);
+    let sd = vd.sqrt();
+    let (t, d) = if sd > 0.0 {
+        (md / (sd / n.sqrt()), md / sd)
+    } else {
+        (degenerate_ratio(md), degenerate_ratio(md))
+    };
+    let df = n - 1.0;
+    Ok(Contrast {
+        t,
+        df,
+        p: t_two_sided_p(t, df),
+        d,
+        auroc: auroc(a, b),
+    })
+}
+
+/// Two-sided p of the Wilcoxon signed-rank test of the differences a[i] − b[i], as SciPy's
+/// `wilcoxon(a, b)` computes it by default: zero differences dropped, tied |differences| share
+/// their mean rank; the exact null distribution of W+ for up to 50 pairs without ties or zeros
+/// (and, as SciPy's permutation test does, for up to 13 pairs with them), else the normal
+/// approximation with the tie correction and no continuity correction. NaN when a difference is
+/// NaN or none is left.
+pub fn wilcoxon_p(a: &[f64], b: &[f64]) -> f64 {
+    let all: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let diffs: Vec<f64> = all.iter().copied().filter(|d| *d != 0.0).collect();
+    if diffs.is_empty() || diffs.iter().any(|d| d.is_nan()) {
+        return f64::NAN;
+    }
+    let n = diffs.len();
+    let mut by_size: Vec<(f64, bool)> = diffs.iter().map(|d| (d.abs(), *d > 0.0)).collect();
+    by_size.sort_by(|x, y| order(x.0, y.0));
+    // Ranks doubled, so that mean ranks of ties (halves) stay integers.
+    let mut rank2 = vec![0usize; n];
+    let (mut tie_term, mut ties) = (0.0, false);
+    let mut i = 0;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && by_size[j].0 == by_size[i].0 {
+            j += 1;
+        }
+        rank2[i..j].iter_mut().for_each(|r| *r = i + 1 + j);
+        if j - i > 1 {
+            ties = true;
+            let t = (j - i) as f64;
+            tie_term += t * (t * t - 1.0);
+        }
+        i = j;
+    }
+    let w2: usize = (0..n).filter(|&k| by_size[k].1).map(|k| rank2[k]).sum();
+    let zeros = all.len() > n;
+    if (all.len() <= 50 && !ties && !zeros) || all.len() <= 13 {
+        // Null distribution of 2·W+: every sign pattern equally likely.
+        let max: usize = rank2.iter().sum();
+        let mut count = vec![0f64; max + 1];
+        count[0] = 1.0;
+        for &r in &rank2 {
+            for s in (r..=max).rev() {
+                count[s] += count[s - r];
+            }
+        }
+        let total: f64 = count.iter().sum();
+        let below = count[..=w2].iter().sum::<f64>() / total;
+        let above = count[w2..].iter().sum::<f64>() / total;
+        return (2.0 * below.min(above)).min(1.0);
+    }
+    let nf = n as f64;
+    let mean = nf * (nf + 1.0) / 4.0;
+    let se = ((nf * (nf + 1.0) * (2.0 * nf + 1.0) - 0.5 * tie_term) / 24.0).sqrt();
+    if se == 0.0 {
+        return 1.0;
+    }
+    let z = (w2 as f64 / 2.0 - mean) / se;
+    (2.0 * normal_sf(z.abs())).min(1.0)
+}
+
+/// P(Z > z) of the standard normal, through erfc (Numerical Recipes' Chebyshev fit, relative
+/// error below 1.2e-7).
+pub fn normal_sf(z: f64) -> f64 {
+    let x = z / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    let poly = -x * x - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    0.5 * if x >= 0.0 { erfc } else { 2.0 - erfc }
 }
 
 /// Welch's two-sample t-test with Cohen's d and AUROC. Errors when a group has fewer than 2 values.
@@ -212,12 +334,12 @@ pub fn auroc(a: &[f64], b: &[f64]) -> f64 {
         .map(|&v| (v, true))
         .chain(b.iter().map(|&v| (v, false)))
         .collect();
-    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    all.sort_by(|x, y| order(x.0, y.0));
     let mut rank_sum_a = 0.0;
     let mut i = 0;
     while i < all.len() {
         let mut j = i + 1;
-        while j < all.len() && all[j].0.total_cmp(&all[i].0).is_eq() {
+        while j < all.len() && order(all[j].0, all[i].0).is_eq() {
             j += 1;
         }
         // Ranks are 1-based: positions i..j share the mean of ranks i+1..=j.
@@ -455,5 +577,70 @@ mod tests {
             assert!(q[w[0]] <= q[w[1]]);
             assert!(q[w[0]] >= p[w[0]]);
         }
+    }
+
+    #[test]
+    fn paired_t_and_wilcoxon_match_scipy() {
+        // scipy 1.17.1: stats.ttest_rel(a, b), stats.wilcoxon(a, b)
+        let a = [2.1, 3.4, 1.9, 5.6, 4.4, 3.3, 2.8, 4.0];
+        let b = [1.8, 3.9, 1.1, 4.2, 4.9, 2.0, 2.5, 3.1];
+        let c = paired(&a, &b).unwrap();
+        close(c.t, 1.9245008972987523, 1e-12);
+        close(c.p, 0.09569378251639978, 1e-9);
+        assert_eq!(c.df, 7.0);
+        close(wilcoxon_p(&a, &b), 0.1484375, 1e-12);
+        // ties and a zero difference, 12 pairs: SciPy's exact permutation distribution
+        let a2: Vec<f64> = (1..=12).map(|x| x as f64).collect();
+        let b2 = [0., 1., 3., 2., 3., 5., 5., 6., 6., 8., 8., 9.];
+        close(wilcoxon_p(&a2, &b2), 0.0009765625, 1e-12);
+        // 60 pairs: the normal approximation
+        let (a3, b3) = sixty_pairs();
+        close(wilcoxon_p(&a3, &b3), 0.00576950931047058, 1e-5);
+        assert!(paired(&a, &b[..7]).is_err());
+        assert!(wilcoxon_p(&[1.0, 2.0], &[1.0, 2.0]).is_nan());
+    }
+
+    #[test]
+    fn normal_tail_matches_scipy() {
+        close(normal_sf(1.0), 0.15865525393145707, 2e-7);
+        close(normal_sf(3.5), 0.00023262907903552502, 2e-7);
+        close(normal_sf(-0.5), 0.6914624612740131, 2e-7);
+    }
+
+    #[test]
+    fn signed_zeros_tie_and_nan_orders_last_whatever_its_sign() {
+        // −0.0 and +0.0 are one value: a tie worth ½
+        assert_eq!(auroc(&[0.0], &[-0.0]), 0.5);
+        assert_eq!(auroc(&[-0.0, 1.0], &[0.0, 0.0]), 0.75);
+        let neg_nan = -f64::NAN;
+        assert!(neg_nan.is_sign_negative());
+        assert_eq!(order(neg_nan, f64::INFINITY), std::cmp::Ordering::Greater);
+        assert_eq!(order(neg_nan, f64::NAN), std::cmp::Ordering::Equal);
+        // a NaN in the target group ranks above every control value, sign bit or not
+        assert_eq!(auroc(&[neg_nan], &[1.0, 2.0]), 1.0);
+    }
+
+    fn sixty_pairs() -> (Vec<f64>, Vec<f64>) {
+        let a = [
+            0.12573, -0.132105, 0.640423, 0.1049, -0.535669, 0.361595, 1.304, 0.947081, -0.703735,
+            -1.265421, -0.623274, 0.041326, -2.325031, -0.218792, -1.245911, -0.732267, -0.544259,
+            -0.3163, 0.411631, 1.042513, -0.128535, 1.366463, -0.665195, 0.35151, 0.90347,
+            0.094012, -0.743499, -0.921725, -0.457726, 0.220195, -1.009618, -0.209176, -0.159225,
+            0.540846, 0.214659, 0.355373, -0.653829, -0.129614, 0.783975, 1.493431, -1.259066,
+            1.513924, 1.345875, 0.781311, 0.264456, -0.313923, 1.458021, 1.960258, 1.801635,
+            1.315104, 0.35738, -1.208319, -0.004454, 0.656475, -1.288361, 0.395122, 0.429864,
+            0.696043, -1.184118, -0.661703,
+        ];
+        let b = [
+            -0.010705, -1.001907, 2.679791, -0.091011, 0.0933, 0.403023, 3.187473, 2.567442,
+            0.229617, -3.168931, -0.271245, 1.025012, -1.021069, -0.536699, 0.8761, -1.752698,
+            -0.905787, 0.91875, 0.760685, 3.344906, 0.359985, 1.033269, -0.742758, -0.439636,
+            -0.07421, 1.024424, 0.137667, 0.672833, -0.912332, 2.209303, -0.997006, 1.665233,
+            -0.292011, 0.105362, 0.764444, 1.686826, -0.192819, -0.415142, -0.257244, 0.391911,
+            -0.456383, 2.803637, 1.481581, 0.006947, 1.437498, -1.294317, 1.044953, 2.881276,
+            -0.148506, 2.001473, 0.07574, -0.799039, 0.219844, 1.158589, -0.29419, -0.063248,
+            2.150846, 1.722137, -0.040385, 0.803161,
+        ];
+        (a.to_vec(), b.to_vec())
     }
 }

@@ -64,7 +64,7 @@ fn print_report(r: &DemoReport) {
     println!("\nftri demo — {} ({} tokens recorded)\n", r.model, r.tokens);
     for c in &r.concepts {
         println!(
-            "{} — {} target vs {} control stimuli, {} neurons at q ≤ 0.05",
+            "{} — {} target vs {} control stimuli (matched pairs), {} target-preferring neurons at q ≤ 0.05",
             c.concept, c.n_target, c.n_control, c.significant
         );
         for u in &c.units {

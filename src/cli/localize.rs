@@ -1,9 +1,8 @@
 //! `ftri localize`: rank units by how differently they respond to target and control stimuli.
 
 use super::ModelArgs;
-use crate::analyze::localize::{
-    localize, parse_layers, read_stimuli, LocalizeRequest, Method, Reduce,
-};
+use crate::analyze::localize::{localize, parse_layers, Direction, LocalizeRequest};
+use crate::analyze::responses::{read_stimuli, Method, Readout, Reduce};
 use crate::error::user_error;
 use crate::model::SiteKind;
 use crate::output::print_json;
@@ -33,6 +32,16 @@ pub struct LocalizeArgs {
     /// contrast (activations) or attribution (activation × gradient of the log-likelihood)
     #[arg(long, default_value = "contrast")]
     pub method: String,
+    /// Which units to list: target (respond more to the target), control, or both (by |t|)
+    #[arg(long, default_value = "target")]
+    pub direction: String,
+    /// Target line i and control line i are a matched pair: paired t-test and Wilcoxon
+    /// signed-rank test (the files must have the same number of stimuli)
+    #[arg(long)]
+    pub paired: bool,
+    /// Keep special tokens (BOS, [CLS], [SEP]) in the mean/max/last reductions
+    #[arg(long)]
+    pub include_special: bool,
     /// False discovery rate for the Benjamini–Hochberg count
     #[arg(long, default_value_t = 0.05)]
     pub fdr: f64,
@@ -48,6 +57,7 @@ pub struct LocalizeArgs {
 pub fn run(a: LocalizeArgs) -> Result<()> {
     let reduce = Reduce::parse(&a.reduce)?;
     let method = Method::parse(&a.method)?;
+    let direction = Direction::parse(&a.direction)?;
     let target = read_stimuli(&a.target)?;
     let control = read_stimuli(&a.control)?;
     let model = a.model.load()?;
@@ -65,27 +75,45 @@ pub fn run(a: LocalizeArgs) -> Result<()> {
             control,
             site,
             layers,
-            reduce,
-            method,
+            readout: Readout {
+                reduce,
+                method,
+                include_special: a.include_special,
+                batch: a.batch,
+            },
+            direction,
+            paired: a.paired,
             fdr: a.fdr,
             top: a.top,
-            batch: a.batch,
         },
     )?;
     if a.json {
         return print_json(&r);
     }
+    let preferring = match direction {
+        Direction::Both => String::new(),
+        d => format!(" preferring the {}", d.name()),
+    };
     println!(
-        "{} target vs {} control stimuli, {} units of {} ({}), {} at q ≤ {}",
-        r.n_target, r.n_control, r.units_tested, r.site, r.method, r.significant, r.fdr
+        "{} target vs {} control stimuli ({}), {} units of {} ({}), {}{preferring} at q ≤ {}",
+        r.n_target, r.n_control, r.test, r.units_tested, r.site, r.method, r.significant, r.fdr
     );
+    let w = if a.paired {
+        format!(" {:>10}", "Wilcoxon p")
+    } else {
+        String::new()
+    };
     println!(
-        "{:>5}  {:<14} {:>9} {:>8} {:>7} {:>10} {:>10}",
+        "{:>5}  {:<14} {:>9} {:>8} {:>7} {:>10} {:>10}{w}",
         "rank", "neuron", "t", "d", "AUROC", "p", "q"
     );
     for (i, f) in r.neurons.iter().enumerate() {
+        let w = f
+            .wilcoxon_p
+            .map(|p| format!(" {p:>10.2e}"))
+            .unwrap_or_default();
         println!(
-            "{:>5}  {:<14} {:>9.2} {:>8.2} {:>7.3} {:>10.2e} {:>10.2e}",
+            "{:>5}  {:<14} {:>9.2} {:>8.2} {:>7.3} {:>10.2e} {:>10.2e}{w}",
             i + 1,
             f.neuron,
             f.score,

@@ -8,6 +8,8 @@ use std::path::Path;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Ids of the special tokens (BOS, EOS, [CLS], [SEP], padding, ...).
+    special: std::collections::HashSet<u32>,
 }
 
 impl Tokenizer {
@@ -24,7 +26,19 @@ impl Tokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| user_error(format!("{}: {e}", path.display())))?;
-        Ok(Self { inner })
+        let special = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        Ok(Self { inner, special })
+    }
+
+    /// True for a special token ([CLS], [SEP], <s>, <|endoftext|>, ...): one the tokenizer adds
+    /// around text rather than a piece of it.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
     }
 
     /// Token ids with the tokenizer's default special tokens (BOS for Llama, [CLS]/[SEP] for BERT).

@@ -4,7 +4,8 @@
 
 use super::api::{blocking, with_model, ApiError, ApiResult};
 use super::{runs, search, AppState, Shared, STATS};
-use crate::analyze::localize::{self, Reduce, Stimulus};
+use crate::analyze::localize::{self, Direction};
+use crate::analyze::responses::{Method, Readout, Reduce, Stimulus};
 use crate::atlas::unit_name;
 use crate::atlas::view::unit_view;
 use crate::intervene::{Neuron, OpSpec};
@@ -336,6 +337,11 @@ pub(super) struct LocalizeReq {
     control: Vec<String>,
     reduce: Option<String>,
     top: Option<usize>,
+    /// `target` (default), `control` or `both`.
+    direction: Option<String>,
+    /// Target i and control i are a matched pair.
+    #[serde(default)]
+    paired: bool,
 }
 
 pub(super) async fn localize(
@@ -364,6 +370,8 @@ pub(super) async fn localize(
     let target = clean(req.target, "target")?;
     let control = clean(req.control, "control")?;
     let reduce = Reduce::parse(req.reduce.as_deref().unwrap_or("mean"))?;
+    let direction = Direction::parse(req.direction.as_deref().unwrap_or("target"))?;
+    let paired = req.paired;
     let top = req.top.unwrap_or(50).clamp(1, s.limits.max_results);
     let stimuli = |v: Vec<String>| -> Vec<Stimulus> {
         v.into_iter()
@@ -379,11 +387,16 @@ pub(super) async fn localize(
                 control,
                 site: SiteKind::MlpPost,
                 layers: (0..m.cfg.n_layers).collect(),
-                reduce,
-                method: localize::Method::Contrast,
+                readout: Readout {
+                    reduce,
+                    method: Method::Contrast,
+                    include_special: false,
+                    batch: 16,
+                },
+                direction,
+                paired,
                 fdr: 0.05,
                 top,
-                batch: 16,
             },
         )
     })

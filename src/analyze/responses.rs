@@ -1,0 +1,271 @@
+//! How units respond to stimuli: each stimulus run through the model and reduced to one value per
+//! unit — its mean, max or last-token activation, or for `attribution` the activation × gradient
+//! of the stimulus's log-likelihood summed over its tokens. The localizer compares these rows.
+//!
+//! Special tokens (BOS, [CLS], [SEP], ...) are left out of the mean, max and last reductions by
+//! default: in a causal model their activation is the same for every stimulus, so averaging them
+//! in only dilutes the mean by a stimulus's length (`include_special` keeps them). Attribution
+//! sums over every token: it measures a total effect, and BOS carries part of it.
+
+use crate::error::user_error;
+use crate::model::{HookSet, Model, Site};
+use anyhow::Result;
+use candle_core::{DType, Tensor, D};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct Stimulus {
+    pub text: String,
+    /// A continuation whose log-probability is the attribution metric (JSONL `target`).
+    pub target: Option<String>,
+}
+
+/// One stimulus per line, or JSONL objects with `text` (and optionally `target`).
+pub fn read_stimuli(path: &Path) -> Result<Vec<Stimulus>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                user_error(format!(
+                    "{}:{}: not a JSON object: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+            let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
+                user_error(format!(
+                    "{}:{}: missing string field `text`",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+            let target = v.get("target").and_then(|t| t.as_str()).map(String::from);
+            out.push(Stimulus {
+                text: text.to_string(),
+                target,
+            });
+        } else {
+            out.push(Stimulus {
+                text: line.to_string(),
+                target: None,
+            });
+        }
+    }
+    if out.len() < 2 {
+        return Err(user_error(format!(
+            "{}: {} stimuli; a contrast needs at least 2 per set",
+            path.display(),
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Mean,
+    Max,
+    Last,
+}
+
+impl Reduce {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "mean" => Reduce::Mean,
+            "max" => Reduce::Max,
+            "last" => Reduce::Last,
+            o => {
+                return Err(user_error(format!(
+                    "unknown --reduce `{o}` (mean, max, last)"
+                )))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduce::Mean => "mean",
+            Reduce::Max => "max",
+            Reduce::Last => "last",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Contrast,
+    Attribution,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "contrast" => Method::Contrast,
+            "attribution" => Method::Attribution,
+            o => {
+                return Err(user_error(format!(
+                    "unknown --method `{o}` (contrast, attribution)"
+                )))
+            }
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Contrast => "contrast",
+            Method::Attribution => "attribution",
+        }
+    }
+}
+
+/// How stimuli are read out: the reduction, the method, special tokens, the batch size.
+#[derive(Debug, Clone, Copy)]
+pub struct Readout {
+    pub reduce: Reduce,
+    pub method: Method,
+    /// Keep special tokens in the mean/max/last reductions.
+    pub include_special: bool,
+    /// Stimuli per forward pass.
+    pub batch: usize,
+}
+
+/// Token ids of a stimulus and how many of them are the prompt (the rest is the target).
+fn tokens(model: &Model, s: &Stimulus) -> Result<(Vec<u32>, usize)> {
+    let mut ids = model.tokenizer.encode(&s.text)?;
+    let prompt = ids.len();
+    if prompt == 0 {
+        return Err(user_error(format!("stimulus {:?} has no tokens", s.text)));
+    }
+    if let Some(t) = &s.target {
+        ids.extend(model.tokenizer.encode_plain(t)?);
+    }
+    if ids.is_empty() {
+        return Err(user_error(format!("stimulus {:?} has no tokens", s.text)));
+    }
+    if ids.len() > model.cfg.n_ctx {
+        return Err(user_error(format!(
+            "stimulus {:?} is longer than the model's context",
+            s.text
+        )));
+    }
+    Ok((ids, prompt))
+}
+
+/// One row per stimulus, one column per unit of `sites` (in order).
+pub fn unit_values(
+    model: &Model,
+    stimuli: &[Stimulus],
+    sites: &[Site],
+    r: &Readout,
+) -> Result<Vec<Vec<f32>>> {
+    let Readout {
+        reduce,
+        method,
+        include_special,
+        batch: batch_size,
+    } = *r;
+    let toks: Vec<(Vec<u32>, usize)> = stimuli
+        .iter()
+        .map(|s| tokens(model, s))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::with_capacity(stimuli.len());
+    for chunk in toks.chunks(batch_size.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
+        let batch = model.batch(&ids)?;
+        let mut hooks = match method {
+            Method::Contrast => HookSet::capturing(sites.iter().copied()),
+            Method::Attribution => {
+                let mut h = HookSet::new();
+                sites.iter().for_each(|s| h.track_gradient(*s));
+                h
+            }
+        };
+        let logits = model.forward(&batch, &mut hooks)?;
+        let per_site: Vec<Tensor> = match method {
+            Method::Contrast => sites
+                .iter()
+                .map(|s| {
+                    hooks
+                        .take(*s)
+                        .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+                })
+                .collect::<Result<_>>()?,
+            Method::Attribution => {
+                let logits = logits.ok_or_else(|| {
+                    user_error(format!(
+                        "{} has no LM head: attribution needs next-token log-probabilities",
+                        model.id
+                    ))
+                })?;
+                let metric = log_likelihood(&logits, chunk)?;
+                let grads = metric.backward()?;
+                sites
+                    .iter()
+                    .map(|s| {
+                        let (a, g) = hooks
+                            .gradient(*s, &grads)
+                            .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
+                        Ok((a * g)?)
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        for (b, (seq, _)) in chunk.iter().enumerate() {
+            let len = seq.len();
+            let kept: Vec<u32> = (0..len as u32)
+                .filter(|&i| include_special || !model.tokenizer.is_special(seq[i as usize]))
+                .collect();
+            // A stimulus of special tokens only keeps them all rather than reducing nothing.
+            let kept = match kept.len() {
+                0 => None,
+                n if n == len => None,
+                _ => Some(Tensor::new(kept.as_slice(), model.device())?),
+            };
+            let mut row = Vec::new();
+            for t in &per_site {
+                let x = t.get(b)?.narrow(0, 0, len)?.to_dtype(DType::F32)?;
+                let v = match (method, reduce) {
+                    (Method::Attribution, _) => x.sum(0)?,
+                    (_, reduce) => {
+                        let x = match &kept {
+                            Some(idx) => x.index_select(idx, 0)?,
+                            None => x,
+                        };
+                        match reduce {
+                            Reduce::Mean => x.mean(0)?,
+                            Reduce::Max => x.max(0)?,
+                            Reduce::Last => x.get(x.dim(0)? - 1)?,
+                        }
+                    }
+                };
+                row.extend(v.to_vec1::<f32>()?);
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Σ over each sequence of log p(next token): over the target's tokens when the stimulus has
+/// one, else over all its tokens after the first.
+pub fn log_likelihood(logits: &Tensor, chunk: &[(Vec<u32>, usize)]) -> Result<Tensor> {
+    let (b, t, _) = logits.dims3()?;
+    let mut next = vec![0u32; b * t];
+    let mut weight = vec![0f32; b * t];
+    for (bi, (seq, prompt)) in chunk.iter().enumerate() {
+        let first = if *prompt < seq.len() { prompt - 1 } else { 0 };
+        for i in first..seq.len().saturating_sub(1) {
+            next[bi * t + i] = seq[i + 1];
+            weight[bi * t + i] = 1.0;
+        }
+    }
+    let dev = logits.device();
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let idx = Tensor::from_vec(next, (b, t, 1), dev)?;
+    let picked = logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?;
+    Ok((picked * Tensor::from_vec(weight, (b, t), dev)?)?.sum_all()?)
+}
