@@ -322,3 +322,99 @@ fn neuron_adjust_unlearns_the_planted_skill() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("needs --atlas"), "{err}");
 }
+
+fn adjust_op(mu_f: f32, sd_f: f32, mu_r: f32, sd_r: f32) -> ftri::model::Op {
+    ftri::model::Op::Adjust {
+        mu_f: vec![mu_f],
+        sd_f: vec![sd_f],
+        mu_r: vec![mu_r],
+        sd_r: vec![sd_r],
+    }
+}
+
+#[test]
+fn neuron_adjust_decides_by_likelihood_and_leaves_other_units_alone() {
+    use candle_core::{DType, Device, Tensor};
+    use ftri::model::hooks::apply_intervention;
+    use ftri::model::{Intervention, Site, SiteKind};
+    let site = Site::Block(0, SiteKind::MlpPre);
+    // unit 1: forget N(0, 10), retain N(1, 0.1). h = 3 is nearer the retain mean but far more
+    // likely under the wide forget Gaussian, so it moves to μr + (h − μf)·σr/σf = 1.03; h = 1.05
+    // is retain-like and passes. Unit 0 holds values that would overflow any map, unit 2 a NaN-free
+    // huge number: neither is selected, so both must come back bit for bit.
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let x = Tensor::new(
+            &[[[6.0e4f32, 3.0, 6.0e4], [-6.0e4, 1.05, 1.0]]],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+        let iv = Intervention {
+            site,
+            units: Some(vec![1]),
+            positions: None,
+            op: adjust_op(0.0, 10.0, 1.0, 0.1),
+        };
+        let y = apply_intervention(&x, &iv, 0).unwrap();
+        let (xv, yv): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (
+            x.to_dtype(DType::F32)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap(),
+            y.to_dtype(DType::F32)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap(),
+        );
+        let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+        assert!((yv[0][1] - 1.03).abs() < tol, "{dtype:?}: {}", yv[0][1]);
+        assert_eq!(yv[1][1], xv[1][1], "{dtype:?}: retain-like value moved");
+        for r in 0..2 {
+            for u in [0, 2] {
+                assert_eq!(
+                    yv[r][u].to_bits(),
+                    xv[r][u].to_bits(),
+                    "{dtype:?}: unit {u} touched"
+                );
+            }
+        }
+        assert!(
+            yv.iter().flatten().all(|v| v.is_finite()),
+            "{dtype:?}: {yv:?}"
+        );
+        // a zero σ is floored, never a division by zero
+        let iv0 = Intervention {
+            op: adjust_op(3.0, 0.0, 1.0, 0.0),
+            ..iv.clone()
+        };
+        let y0 = apply_intervention(&x, &iv0, 0).unwrap();
+        assert!(y0
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+        // positions restrict it too: only position 1 may change, and there h = 1.05 stays
+        let ivp = Intervention {
+            positions: Some(vec![1]),
+            ..iv.clone()
+        };
+        let yp: Vec<Vec<f32>> = apply_intervention(&x, &ivp, 0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(yp, xv, "{dtype:?}");
+    }
+}

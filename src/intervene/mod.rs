@@ -224,18 +224,13 @@ pub fn random_like(set: &[Neuron], d_mlp: usize, rng: &mut Rng) -> Vec<Neuron> {
 }
 
 /// One site's per-unit mean and standard deviation from an atlas.
-fn site_moments(atlas: &crate::atlas::Atlas, site: &str, d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let si = atlas
-        .manifest
-        .sites
-        .iter()
-        .position(|s| s.name == site)
-        .ok_or_else(|| {
-            user_error(format!(
+fn site_moments(atlas: &crate::atlas::Atlas, site: Site, d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let si = atlas.site_index(site).ok_or_else(|| {
+        user_error(format!(
             "{}: the atlas did not record {site} (record it with --sites 'blocks.*.mlp.hook_pre')",
             atlas.dir.display()
         ))
-        })?;
+    })?;
     let mean = atlas.column_f64(si, "mean")?;
     let var = atlas.column_f64(si, "var")?;
     if mean.len() != d {
@@ -268,9 +263,11 @@ pub fn adjust_interventions(
     by_layer
         .into_iter()
         .map(|(layer, units)| {
-            let site = format!("blocks.{layer}.mlp.hook_pre");
-            let (mu_f, sd_f) = site_moments(forget, &site, d_mlp)?;
-            let (mu_r, sd_r) = site_moments(retain, &site, d_mlp)?;
+            let site = Site::Block(layer, SiteKind::MlpPre);
+            let (mu_f, sd_f) = site_moments(forget, site, d_mlp)?;
+            let (mu_r, sd_r) = site_moments(retain, site, d_mlp)?;
+            let pick = |v: Vec<f32>| -> Vec<f32> { units.iter().map(|&u| v[u]).collect() };
+            let (mu_f, sd_f, mu_r, sd_r) = (pick(mu_f), pick(sd_f), pick(mu_r), pick(sd_r));
             Ok(Intervention {
                 site: Site::Block(layer, SiteKind::MlpPre),
                 units: Some(units),

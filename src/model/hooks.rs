@@ -128,8 +128,10 @@ pub enum Op {
     Add(f32),
     /// h ← values[unit] (e.g. the corpus mean of each unit); a vector over the site's dimension
     SetPerUnit(Vec<f32>),
-    /// Neuron Adjust (skill unlearning): a value closer to the forget distribution N(μf, σf) than
-    /// to the retain one N(μr, σr) is mapped to μr + (h − μf)·σr/σf; others pass. Per unit.
+    /// Neuron Adjust (skill unlearning): a value more likely under the forget distribution
+    /// N(μf, σf) than under the retain one N(μr, σr) is mapped to μr + (h − μf)·σr/σf; others
+    /// pass. One entry per selected unit (in the order of `Intervention::units`, or every unit of
+    /// the site when that is `None`); units not selected are never computed on.
     Adjust {
         mu_f: Vec<f32>,
         sd_f: Vec<f32>,
@@ -331,9 +333,76 @@ fn vector(x: &Tensor, v: &[f32], site: Site) -> Result<Tensor> {
     Ok(Tensor::from_slice(v, d, x.device())?.to_dtype(x.dtype())?)
 }
 
+/// Neuron Adjust on the selected units only: gather their columns, decide per entry which fitted
+/// Gaussian is more likely (log-densities, so σ counts, not only the distance to the means), map
+/// the forget-like values, and add the change back into those columns. Computed in f32 with σ
+/// floored, so half-precision activations neither overflow nor touch any other unit.
+fn adjust(x: &Tensor, iv: &Intervention, offset: usize, p: [&Vec<f32>; 4]) -> Result<Tensor> {
+    let (_, t, d) = x.dims3()?;
+    let units: Vec<u32> = match &iv.units {
+        Some(u) => u.iter().map(|&u| u as u32).collect(),
+        None => (0..d as u32).collect(),
+    };
+    if let Some(&u) = units.iter().find(|&&u| u as usize >= d) {
+        return Err(user_error(format!(
+            "{}: unit {u} out of range (the site has {d} units)",
+            iv.site
+        )));
+    }
+    if p.iter().any(|v| v.len() != units.len()) {
+        return Err(user_error(format!(
+            "{}: adjust has statistics for {} units but selects {}",
+            iv.site,
+            p[0].len(),
+            units.len()
+        )));
+    }
+    let dev = x.device();
+    let idx = Tensor::new(units.as_slice(), dev)?;
+    let h = x.index_select(&idx, 2)?.to_dtype(candle_core::DType::F32)?;
+    let k = units.len();
+    let v = |xs: &[f32]| Tensor::from_slice(xs, k, dev);
+    let floor = |sd: &[f32]| -> Vec<f32> { sd.iter().map(|s| s.max(1e-6)).collect() };
+    let (sd_f, sd_r) = (floor(p[1]), floor(p[3]));
+    let (mu_f, mu_r) = (v(p[0])?, v(p[2])?);
+    // log N(h; μ, σ) up to the shared constant: −(h − μ)²/(2σ²) − ln σ
+    let log_density = |mu: &Tensor, sd: &[f32]| -> Result<Tensor> {
+        let inv_var: Vec<f32> = sd.iter().map(|s| 0.5 / (s * s)).collect();
+        let ln_sd: Vec<f32> = sd.iter().map(|s| s.ln()).collect();
+        let z2 = h.broadcast_sub(mu)?.sqr()?.broadcast_mul(&v(&inv_var)?)?;
+        Ok(z2.neg()?.broadcast_sub(&v(&ln_sd)?)?)
+    };
+    let forget_like = log_density(&mu_f, &sd_f)?.gt(&log_density(&mu_r, &sd_r)?)?;
+    let ratio: Vec<f32> = sd_r.iter().zip(&sd_f).map(|(r, f)| r / f).collect();
+    let moved = h
+        .broadcast_sub(&mu_f)?
+        .broadcast_mul(&v(&ratio)?)?
+        .broadcast_add(&mu_r)?;
+    let mut change = (forget_like.where_cond(&moved, &h)? - &h)?;
+    if let Some(positions) = &iv.positions {
+        let mut sel = vec![0f32; t];
+        for &q in positions {
+            if q >= offset && q - offset < t {
+                sel[q - offset] = 1.0;
+            }
+        }
+        change = change.broadcast_mul(&Tensor::from_vec(sel, (1, t, 1), dev)?)?;
+    }
+    Ok(x.index_add(&idx, &change.to_dtype(x.dtype())?, 2)?)
+}
+
 /// h' = h·(1−m) + m·f(h), which reduces to f(h) when everything is selected. Written with plain
 /// tensor ops so gradients flow through interventions too.
 pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize) -> Result<Tensor> {
+    if let Op::Adjust {
+        mu_f,
+        sd_f,
+        mu_r,
+        sd_r,
+    } = &iv.op
+    {
+        return adjust(x, iv, position_offset, [mu_f, sd_f, mu_r, sd_r]);
+    }
     let mask = selection_mask(x, iv, position_offset)?;
     let new = match &iv.op {
         Op::Zero => x.zeros_like()?,
@@ -344,25 +413,7 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
             .broadcast_as(x.shape())?
             .contiguous()?,
         Op::AddVector(v) => x.broadcast_add(&vector(x, v, iv.site)?)?,
-        Op::Adjust {
-            mu_f,
-            sd_f,
-            mu_r,
-            sd_r,
-        } => {
-            let (mf, mr) = (vector(x, mu_f, iv.site)?, vector(x, mu_r, iv.site)?);
-            let ratio: Vec<f32> = sd_r
-                .iter()
-                .zip(sd_f)
-                .map(|(r, f)| r / f.max(1e-6))
-                .collect();
-            let from_f = x.broadcast_sub(&mf)?;
-            let closer_to_forget = from_f.abs()?.lt(&x.broadcast_sub(&mr)?.abs()?)?;
-            let moved = from_f
-                .broadcast_mul(&vector(x, &ratio, iv.site)?)?
-                .broadcast_add(&mr)?;
-            closer_to_forget.where_cond(&moved, x)?
-        }
+        Op::Adjust { .. } => unreachable!("handled by `adjust`"),
         Op::Replace(r) => {
             if r.dims() != x.dims() {
                 return Err(user_error(format!(
