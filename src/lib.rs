@@ -1,7 +1,8 @@
 //! ftri — functional Token Resonance Imaging for transformers.
 //!
-//! Pipeline (see DESIGN.md): `model` loads checkpoints and runs them with hook points; later stages
-//! (corpus, record, atlas, analyze, intervene, serve) build on it; `cli` is a thin layer on top.
+//! Pipeline (see docs/architecture.md): `model` loads checkpoints and runs them with hook points;
+//! later stages (corpus, record, atlas, analyze, intervene, serve) build on it; every job is a
+//! library call with a typed result, and `cli` only parses flags and prints.
 
 pub mod analyze;
 pub mod atlas;
