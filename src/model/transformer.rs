@@ -1,6 +1,6 @@
 //! One forward pass for every supported architecture. The architectures differ only in how their
-//! checkpoints name and lay out weights (see `gpt2.rs`, `llama.rs`, `neox.rs`, `bert.rs`) and in a
-//! few switches from `ModelConfig` (norm kind, gated MLP, rotary, residual wiring).
+//! checkpoints name and lay out weights (see `arch/`) and in a few switches from `ModelConfig`
+//! (norm kind, gated MLP, rotary, residual wiring).
 
 use super::config::{ModelConfig, Residual};
 use super::hooks::{HookSet, Site, SiteKind};
