@@ -77,6 +77,14 @@ pub enum NormKind {
     RmsNorm,
 }
 
+/// In the layers it marks, a query attends only the last `size` keys (itself included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// One flag per layer: does this layer use the window?
+    pub layers: Vec<bool>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -102,8 +110,8 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// GPT-2 `scale_attn_by_inverse_layer_idx`
     pub scale_attn_by_layer: bool,
-    /// Mistral: a query attends only the last `sliding_window` keys.
-    pub sliding_window: Option<usize>,
+    /// Sliding-window attention (Mistral: every layer; Qwen2: the layers its config marks).
+    pub sliding_window: Option<SlidingWindow>,
     /// Whether the checkpoint has an unembedding (encoders such as BERT stop at the last block).
     pub lm_head: bool,
 }
@@ -218,6 +226,18 @@ impl ModelConfig {
         if self.head_dim == 0 {
             return bad("head dimension is 0".into());
         }
+        if let Some(w) = &self.sliding_window {
+            if w.size == 0 {
+                return bad("sliding_window is 0".into());
+            }
+            if w.layers.len() != self.n_layers {
+                return bad(format!(
+                    "`layer_types` has {} entries but the model has {} layers",
+                    w.layers.len(),
+                    self.n_layers
+                ));
+            }
+        }
         if let Some(r) = &self.rope {
             if r.rotary_dims % 2 != 0 || r.rotary_dims == 0 || r.rotary_dims > self.head_dim {
                 return bad(format!(
@@ -294,6 +314,14 @@ impl ModelConfig {
             rotary_dims,
             scaling,
         })
+    }
+
+    /// The sliding window of layer `layer`, if that layer has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .as_ref()
+            .filter(|w| w.layers.get(layer).copied().unwrap_or(false))
+            .map(|w| w.size)
     }
 
     /// Models with an unembedding produce logits; encoders such as BERT stop at the last block.

@@ -206,18 +206,23 @@ impl Transformer {
         }
 
         let causal = self.cfg.residual != Residual::PostLn;
-        let mask = attention_mask(
-            &batch.lengths,
-            t,
-            offset,
-            causal,
-            self.cfg.sliding_window,
-            &self.device,
-        )?
-        .map(|m| m.to_dtype(self.dtype))
-        .transpose()?;
+        let mask_with = |window: Option<usize>| -> Result<Option<Tensor>> {
+            attention_mask(&batch.lengths, t, offset, causal, window, &self.device)?
+                .map(|m| Ok(m.to_dtype(self.dtype)?))
+                .transpose()
+        };
+        // one mask for full-attention layers, one for sliding-window layers (if any)
+        let full_mask = mask_with(None)?;
+        let window_mask = match &self.cfg.sliding_window {
+            Some(w) => mask_with(Some(w.size))?,
+            None => None,
+        };
 
         for (l, block) in self.blocks.iter().enumerate() {
+            let mask = match self.cfg.window(l) {
+                Some(_) => &window_mask,
+                None => &full_mask,
+            };
             x = hooks.apply(Site::Block(l, SiteKind::ResidPre), x)?;
             x = match self.cfg.residual {
                 Residual::Sequential => {
@@ -314,7 +319,7 @@ impl Transformer {
             lengths,
             offset,
             causal: self.cfg.residual != Residual::PostLn,
-            window: self.cfg.sliding_window,
+            window: self.cfg.window(l),
         };
         if fused_ok && self.rope.is_none() && cache.is_none() {
             if let Some(ctx) = kernels::attention_fused(&qkv, h, hkv, scale as f32, &fast_mask)? {
@@ -463,16 +468,10 @@ mod tests {
                 .reshape((b, t, d))
                 .unwrap();
             let causal = net.cfg.residual != Residual::PostLn;
-            let mask = attention_mask(
-                &batch.lengths,
-                t,
-                0,
-                causal,
-                net.cfg.sliding_window,
-                &net.device,
-            )
-            .unwrap();
             for (l, block) in net.blocks.iter().enumerate() {
+                let mask =
+                    attention_mask(&batch.lengths, t, 0, causal, net.cfg.window(l), &net.device)
+                        .unwrap();
                 let plain = HookSet::new();
                 assert!(!plain.needs_attention_internals(l));
                 let run = |needs: &dyn AttentionNeeds| {

@@ -12,6 +12,28 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A checkpoint folder with fixture `name`'s weights and tokenizer (linked) and its config.json
+/// changed by `edit`: the same network under another configuration.
+pub fn fixture_with_config(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> tempfile::TempDir {
+    let src = fixture(name);
+    let tmp = tempfile::tempdir().unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "expected.safetensors",
+    ] {
+        std::os::unix::fs::symlink(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(tmp.path().join("config.json"), v.to_string()).unwrap();
+    tmp
+}
+
 pub fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
