@@ -25,8 +25,26 @@ fn full_logits(m: &Model, ids: &[u32], ivs: &[Intervention]) -> Tensor {
 
 #[test]
 fn cached_steps_match_full_forward() {
-    for name in ["gpt2", "llama3", "qwen2", "gpt_neox", "mistral"] {
-        let m = load(name);
+    // sliding windows too: Mistral on every layer, Qwen2 from `max_window_layers` on
+    let mistral_w = common::fixture_with_config("mistral", |c| {
+        c.insert("sliding_window".into(), 3.into());
+    });
+    let qwen2_w = common::fixture_with_config("qwen2", |c| {
+        c.insert("use_sliding_window".into(), true.into());
+        c.insert("sliding_window".into(), 2.into());
+        c.insert("max_window_layers".into(), 1.into());
+        c.remove("layer_types");
+    });
+    let mut models: Vec<(String, Model)> = ["gpt2", "llama3", "qwen2", "gpt_neox", "mistral"]
+        .iter()
+        .map(|n| (n.to_string(), load(n)))
+        .collect();
+    for (n, d) in [("mistral+window", &mistral_w), ("qwen2+window", &qwen2_w)] {
+        let m = Model::load(d.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert!(m.cfg.sliding_window.is_some(), "{n}");
+        models.push((n.to_string(), m));
+    }
+    for (name, m) in &models {
         let prompt = m.encode("Alice didn't pay").unwrap();
         let extra: Vec<u32> = vec![5, 17, 42, 8];
         // an intervention at an absolute position inside the generated part
@@ -38,7 +56,7 @@ fn cached_steps_match_full_forward() {
         };
         let mut all = prompt.clone();
         all.extend(&extra);
-        let want = full_logits(&m, &all, std::slice::from_ref(&iv));
+        let want = full_logits(m, &all, std::slice::from_ref(&iv));
         let mut cache = KvCache::default();
         let mut pos = 0;
         for chunk in [

@@ -1,38 +1,16 @@
 //! `config.json` → one architecture-neutral description of the network.
 //!
 //! Hugging Face names the same quantity differently per architecture (`n_embd`, `hidden_size`, …);
-//! everything downstream reads only `ModelConfig`.
+//! everything downstream reads only `ModelConfig`. Each architecture's translation lives in its own
+//! file under `arch/` (see the registry there); this file holds `ModelConfig`, its enums and the
+//! helpers those translations share: the `Fields` reader, `rope`, `head_dim` and `validate`.
 
 use crate::error::user_error;
 use anyhow::Result;
 use serde_json::Value;
 use std::path::Path;
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["gpt2", "llama", "mistral", "qwen2", "gpt_neox", "bert"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Gpt2,
-    Llama,
-    Mistral,
-    Qwen2,
-    GptNeox,
-    Bert,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Gpt2 => "gpt2",
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-            Arch::GptNeox => "gpt_neox",
-            Arch::Bert => "bert",
-        }
-    }
-}
+pub use super::arch::Arch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -45,7 +23,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn parse(name: &str, file: &Path) -> Result<Self> {
+    pub fn parse(name: &str, file: &Path) -> Result<Self> {
         Ok(match name {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::GeluErf,
@@ -99,6 +77,14 @@ pub enum NormKind {
     RmsNorm,
 }
 
+/// In the layers it marks, a query attends only the last `size` keys (itself included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// One flag per layer: does this layer use the window?
+    pub layers: Vec<bool>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -124,22 +110,26 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// GPT-2 `scale_attn_by_inverse_layer_idx`
     pub scale_attn_by_layer: bool,
-    /// Mistral: a query attends only the last `sliding_window` keys.
-    pub sliding_window: Option<usize>,
+    /// Sliding-window attention (Mistral: every layer; Qwen2: the layers its config marks).
+    pub sliding_window: Option<SlidingWindow>,
+    /// Whether the checkpoint has an unembedding (encoders such as BERT stop at the last block).
+    pub lm_head: bool,
 }
 
-struct Fields<'a> {
-    v: &'a Value,
-    file: &'a Path,
+/// Typed access to the fields of one `config.json`, with errors that name the file and the field.
+/// Each lookup takes the names a quantity goes by, first match wins; JSON `null` counts as absent.
+pub struct Fields<'a> {
+    pub v: &'a Value,
+    pub file: &'a Path,
 }
 
 impl Fields<'_> {
-    fn get(&self, names: &[&str]) -> Option<&Value> {
+    pub fn get(&self, names: &[&str]) -> Option<&Value> {
         names
             .iter()
             .find_map(|n| self.v.get(*n).filter(|x| !x.is_null()))
     }
-    fn usize(&self, names: &[&str]) -> Result<usize> {
+    pub fn usize(&self, names: &[&str]) -> Result<usize> {
         let v = self.get(names).ok_or_else(|| {
             user_error(format!(
                 "{}: missing field `{}`",
@@ -155,14 +145,14 @@ impl Fields<'_> {
             ))
         })
     }
-    fn usize_or(&self, names: &[&str], default: usize) -> Result<usize> {
+    pub fn usize_or(&self, names: &[&str], default: usize) -> Result<usize> {
         if self.get(names).is_some() {
             self.usize(names)
         } else {
             Ok(default)
         }
     }
-    fn f64_or(&self, names: &[&str], default: f64) -> Result<f64> {
+    pub fn f64_or(&self, names: &[&str], default: f64) -> Result<f64> {
         match self.get(names) {
             None => Ok(default),
             Some(v) => v.as_f64().ok_or_else(|| {
@@ -174,7 +164,7 @@ impl Fields<'_> {
             }),
         }
     }
-    fn bool_or(&self, names: &[&str], default: bool) -> Result<bool> {
+    pub fn bool_or(&self, names: &[&str], default: bool) -> Result<bool> {
         match self.get(names) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| {
@@ -186,7 +176,7 @@ impl Fields<'_> {
             }),
         }
     }
-    fn str_or<'b>(&'b self, names: &[&str], default: &'b str) -> Result<&'b str> {
+    pub fn str_or<'b>(&'b self, names: &[&str], default: &'b str) -> Result<&'b str> {
         match self.get(names) {
             None => Ok(default),
             Some(v) => v.as_str().ok_or_else(|| {
@@ -209,44 +199,12 @@ impl ModelConfig {
         Self::from_json(&v, path)
     }
 
+    /// Translate a parsed `config.json` through the architecture registry (`arch::REGISTRY`).
     pub fn from_json(v: &Value, file: &Path) -> Result<Self> {
-        let f = Fields { v, file };
-        let model_type = f
-            .get(&["model_type"])
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| {
-                user_error(format!(
-                    "{}: missing field `model_type` (supported: {})",
-                    file.display(),
-                    SUPPORTED_MODEL_TYPES.join(", ")
-                ))
-            })?;
-        let arch = match model_type {
-            "gpt2" => Arch::Gpt2,
-            "llama" => Arch::Llama,
-            "mistral" => Arch::Mistral,
-            "qwen2" => Arch::Qwen2,
-            "gpt_neox" => Arch::GptNeox,
-            "bert" => Arch::Bert,
-            other => {
-                return Err(user_error(format!(
-                    "{}: unsupported model_type `{other}` (supported: {})",
-                    file.display(),
-                    SUPPORTED_MODEL_TYPES.join(", ")
-                )))
-            }
-        };
-        let cfg = match arch {
-            Arch::Gpt2 => Self::gpt2(&f)?,
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => Self::llama_like(&f, arch)?,
-            Arch::GptNeox => Self::neox(&f)?,
-            Arch::Bert => Self::bert(&f)?,
-        };
-        cfg.validate(file)?;
-        Ok(cfg)
+        super::arch::config_from_json(super::arch::REGISTRY, v, file)
     }
 
-    fn validate(&self, file: &Path) -> Result<()> {
+    pub fn validate(&self, file: &Path) -> Result<()> {
         let bad = |m: String| Err(user_error(format!("{}: {m}", file.display())));
         if self.n_layers == 0
             || self.d_model == 0
@@ -268,6 +226,18 @@ impl ModelConfig {
         if self.head_dim == 0 {
             return bad("head dimension is 0".into());
         }
+        if let Some(w) = &self.sliding_window {
+            if w.size == 0 {
+                return bad("sliding_window is 0".into());
+            }
+            if w.layers.len() != self.n_layers {
+                return bad(format!(
+                    "`layer_types` has {} entries but the model has {} layers",
+                    w.layers.len(),
+                    self.n_layers
+                ));
+            }
+        }
         if let Some(r) = &self.rope {
             if r.rotary_dims % 2 != 0 || r.rotary_dims == 0 || r.rotary_dims > self.head_dim {
                 return bad(format!(
@@ -279,7 +249,7 @@ impl ModelConfig {
         Ok(())
     }
 
-    fn head_dim(f: &Fields, d_model: usize, n_heads: usize) -> Result<usize> {
+    pub fn head_dim(f: &Fields, d_model: usize, n_heads: usize) -> Result<usize> {
         match f.get(&["head_dim"]) {
             Some(_) => f.usize(&["head_dim"]),
             None => {
@@ -294,38 +264,8 @@ impl ModelConfig {
         }
     }
 
-    fn gpt2(f: &Fields) -> Result<Self> {
-        let d_model = f.usize(&["n_embd", "hidden_size"])?;
-        let n_heads = f.usize(&["n_head", "num_attention_heads"])?;
-        Ok(Self {
-            arch: Arch::Gpt2,
-            n_layers: f.usize(&["n_layer", "num_hidden_layers"])?,
-            d_model,
-            n_heads,
-            n_kv_heads: n_heads,
-            head_dim: Self::head_dim(f, d_model, n_heads)?,
-            d_mlp: f.usize_or(&["n_inner"], 4 * d_model)?,
-            vocab_size: f.usize(&["vocab_size"])?,
-            n_ctx: f.usize(&["n_positions", "n_ctx", "max_position_embeddings"])?,
-            norm: NormKind::LayerNorm,
-            norm_eps: f.f64_or(&["layer_norm_epsilon"], 1e-5)?,
-            act: Activation::parse(f.str_or(&["activation_function"], "gelu_new")?, f.file)?,
-            gated_mlp: false,
-            residual: Residual::Sequential,
-            rope: None,
-            tie_embeddings: f.bool_or(&["tie_word_embeddings"], true)?,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
-            type_vocab_size: 0,
-            pad_token_id: None,
-            scale_attn_by_layer: f.bool_or(&["scale_attn_by_inverse_layer_idx"], false)?,
-            sliding_window: None,
-        })
-    }
-
     /// `rope_theta` / `rope_scaling`, or the newer `rope_parameters` that holds both.
-    fn rope(f: &Fields, rotary_dims: usize, default_theta: f64) -> Result<RopeConfig> {
+    pub fn rope(f: &Fields, rotary_dims: usize, default_theta: f64) -> Result<RopeConfig> {
         let params = f.get(&["rope_parameters"]);
         let scaling = f.get(&["rope_scaling"]).or(params);
         let mut theta = f.f64_or(&["rope_theta", "rotary_emb_base"], default_theta)?;
@@ -376,133 +316,16 @@ impl ModelConfig {
         })
     }
 
-    fn llama_like(f: &Fields, arch: Arch) -> Result<Self> {
-        let d_model = f.usize(&["hidden_size"])?;
-        let n_heads = f.usize(&["num_attention_heads"])?;
-        let head_dim = Self::head_dim(f, d_model, n_heads)?;
-        let qwen = arch == Arch::Qwen2;
-        let attention_bias = f.bool_or(&["attention_bias"], false)?;
-        Ok(Self {
-            arch,
-            n_layers: f.usize(&["num_hidden_layers"])?,
-            d_model,
-            n_heads,
-            n_kv_heads: f.usize_or(&["num_key_value_heads"], n_heads)?,
-            head_dim,
-            d_mlp: f.usize(&["intermediate_size"])?,
-            vocab_size: f.usize(&["vocab_size"])?,
-            n_ctx: f.usize(&["max_position_embeddings"])?,
-            norm: NormKind::RmsNorm,
-            norm_eps: f.f64_or(&["rms_norm_eps"], 1e-6)?,
-            act: Activation::parse(f.str_or(&["hidden_act"], "silu")?, f.file)?,
-            gated_mlp: true,
-            residual: Residual::Sequential,
-            rope: Some(Self::rope(f, head_dim, 10000.0)?),
-            tie_embeddings: f.bool_or(&["tie_word_embeddings"], false)?,
-            qkv_bias: qwen || attention_bias,
-            o_bias: attention_bias,
-            mlp_bias: f.bool_or(&["mlp_bias"], false)?,
-            type_vocab_size: 0,
-            pad_token_id: None,
-            scale_attn_by_layer: false,
-            sliding_window: match arch {
-                Arch::Mistral => f
-                    .get(&["sliding_window"])
-                    .and_then(|w| w.as_u64())
-                    .map(|w| w as usize),
-                Arch::Qwen2 if f.bool_or(&["use_sliding_window"], false)? => f
-                    .get(&["sliding_window"])
-                    .and_then(|w| w.as_u64())
-                    .map(|w| w as usize),
-                _ => None,
-            },
-        })
-    }
-
-    fn neox(f: &Fields) -> Result<Self> {
-        let d_model = f.usize(&["hidden_size"])?;
-        let n_heads = f.usize(&["num_attention_heads"])?;
-        let head_dim = Self::head_dim(f, d_model, n_heads)?;
-        let pct = match f
-            .get(&["rope_parameters"])
-            .and_then(|p| p.get("partial_rotary_factor"))
-            .and_then(|x| x.as_f64())
-        {
-            Some(p) => p,
-            None => f.f64_or(&["rotary_pct", "partial_rotary_factor"], 1.0)?,
-        };
-        // transformers: rotary_ndims = int(head_size * rotary_pct)
-        let rotary_dims = (head_dim as f64 * pct) as usize;
-        Ok(Self {
-            arch: Arch::GptNeox,
-            n_layers: f.usize(&["num_hidden_layers"])?,
-            d_model,
-            n_heads,
-            n_kv_heads: n_heads,
-            head_dim,
-            d_mlp: f.usize(&["intermediate_size"])?,
-            vocab_size: f.usize(&["vocab_size"])?,
-            n_ctx: f.usize(&["max_position_embeddings"])?,
-            norm: NormKind::LayerNorm,
-            norm_eps: f.f64_or(&["layer_norm_eps"], 1e-5)?,
-            act: Activation::parse(f.str_or(&["hidden_act"], "gelu")?, f.file)?,
-            gated_mlp: false,
-            residual: if f.bool_or(&["use_parallel_residual"], true)? {
-                Residual::Parallel
-            } else {
-                Residual::Sequential
-            },
-            rope: Some(Self::rope(f, rotary_dims, 10000.0)?),
-            tie_embeddings: f.bool_or(&["tie_word_embeddings"], false)?,
-            qkv_bias: f.bool_or(&["attention_bias"], true)?,
-            o_bias: f.bool_or(&["attention_bias"], true)?,
-            mlp_bias: true,
-            type_vocab_size: 0,
-            pad_token_id: None,
-            scale_attn_by_layer: false,
-            sliding_window: None,
-        })
-    }
-
-    fn bert(f: &Fields) -> Result<Self> {
-        let d_model = f.usize(&["hidden_size"])?;
-        let n_heads = f.usize(&["num_attention_heads"])?;
-        let pos = f.str_or(&["position_embedding_type"], "absolute")?;
-        if pos != "absolute" {
-            return Err(user_error(format!(
-                "{}: unsupported BERT position_embedding_type `{pos}` (supported: absolute)",
-                f.file.display()
-            )));
-        }
-        Ok(Self {
-            arch: Arch::Bert,
-            n_layers: f.usize(&["num_hidden_layers"])?,
-            d_model,
-            n_heads,
-            n_kv_heads: n_heads,
-            head_dim: Self::head_dim(f, d_model, n_heads)?,
-            d_mlp: f.usize(&["intermediate_size"])?,
-            vocab_size: f.usize(&["vocab_size"])?,
-            n_ctx: f.usize(&["max_position_embeddings"])?,
-            norm: NormKind::LayerNorm,
-            norm_eps: f.f64_or(&["layer_norm_eps"], 1e-12)?,
-            act: Activation::parse(f.str_or(&["hidden_act"], "gelu")?, f.file)?,
-            gated_mlp: false,
-            residual: Residual::PostLn,
-            rope: None,
-            tie_embeddings: false,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
-            type_vocab_size: f.usize_or(&["type_vocab_size"], 2)?,
-            pad_token_id: Some(f.usize_or(&["pad_token_id"], 0)? as u32),
-            scale_attn_by_layer: false,
-            sliding_window: None,
-        })
+    /// The sliding window of layer `layer`, if that layer has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .as_ref()
+            .filter(|w| w.layers.get(layer).copied().unwrap_or(false))
+            .map(|w| w.size)
     }
 
     /// Models with an unembedding produce logits; encoders such as BERT stop at the last block.
     pub fn has_lm_head(&self) -> bool {
-        self.arch != Arch::Bert
+        self.lm_head
     }
 }

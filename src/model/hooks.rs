@@ -284,6 +284,18 @@ impl HookSet {
     pub fn take_all(&mut self) -> BTreeMap<Site, Tensor> {
         std::mem::take(&mut self.captured)
     }
+
+    /// True when a hook or intervention needs the inside of layer `layer`'s attention (its q, k,
+    /// v, pattern or z), which the fused attention kernels never materialize: the forward pass
+    /// then runs that layer's attention unfused. This is the one place attention-internal hook
+    /// sites (`blocks.L.attn.hook_q/k/v/pattern/z`, none yet) plug in: add their kinds to
+    /// `INTERNAL` and capturing, intervening on or tracking one turns the fused path off.
+    pub fn needs_attention_internals(&self, layer: usize) -> bool {
+        const INTERNAL: [SiteKind; 0] = [];
+        INTERNAL
+            .iter()
+            .any(|&k| self.is_active(Site::Block(layer, k)))
+    }
 }
 
 /// A 0/1 mask [1, T, D] of the entries an intervention touches.

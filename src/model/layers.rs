@@ -195,7 +195,7 @@ pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 }
 
 /// Additive attention mask [B or 1, 1, T, T]: 0 where a query may attend a key, a large negative
-/// number elsewhere (causal, key padding, and Mistral's sliding window). `None` when nothing is masked.
+/// number elsewhere (causal, key padding, and a sliding window). `None` when nothing is masked.
 pub fn attention_mask(
     lengths: &[usize],
     t: usize,
@@ -205,7 +205,7 @@ pub fn attention_mask(
     device: &Device,
 ) -> Result<Option<Tensor>> {
     let padded = lengths.iter().any(|&l| l < t);
-    if !causal && !padded {
+    if !causal && !padded && window.is_none() {
         return Ok(None);
     }
     const NEG: f32 = -1e30;

@@ -1,16 +1,13 @@
 //! The `model` stage: load a Hugging Face checkpoint (config.json + safetensors + tokenizer.json)
 //! and run it with TransformerLens-named hook points.
 
-pub mod bert;
+pub mod arch;
 pub mod config;
 pub mod generate;
-pub mod gpt2;
 pub mod hooks;
 pub mod hub;
 pub mod kernels;
 pub mod layers;
-pub mod llama;
-pub mod neox;
 pub mod plant;
 pub mod synth;
 pub mod tokenizer;
@@ -98,12 +95,7 @@ impl Model {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let mut ws = WeightStore::open(&dir, &opts.device, opts.dtype)?;
-        let (embed, blocks, final_norm, unembed) = match cfg.arch {
-            Arch::Gpt2 => gpt2::load(&cfg, &mut ws)?,
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 => llama::load(&cfg, &mut ws)?,
-            Arch::GptNeox => neox::load(&cfg, &mut ws)?,
-            Arch::Bert => bert::load(&cfg, &mut ws)?,
-        };
+        let (embed, blocks, final_norm, unembed) = cfg.arch.load(&cfg, &mut ws)?;
         let rope = match &cfg.rope {
             Some(r) => Some(Rope::new(r, cfg.n_ctx, &opts.device, opts.dtype)?),
             None => None,

@@ -1,6 +1,13 @@
 //! One forward pass for every supported architecture. The architectures differ only in how their
-//! checkpoints name and lay out weights (see `gpt2.rs`, `llama.rs`, `neox.rs`, `bert.rs`) and in a
-//! few switches from `ModelConfig` (norm kind, gated MLP, rotary, residual wiring).
+//! checkpoints name and lay out weights (see `arch/`) and in a few switches from `ModelConfig`
+//! (norm kind, gated MLP, rotary, residual wiring).
+//!
+//! Fast paths and hooks: the fused attention kernels (`kernels::attention_fused`,
+//! `kernels::attention`) never materialize a layer's q, k, v, attention pattern or z. They run
+//! only when the pass is not differentiable and `HookSet::needs_attention_internals(layer)` is
+//! false; `attention()` asks that before any fused path. Every hook site or intervention inside
+//! attention must therefore make `needs_attention_internals` true for its layer; that method is
+//! the single place such sites plug in.
 
 use super::config::{ModelConfig, Residual};
 use super::hooks::{HookSet, Site, SiteKind};
@@ -50,6 +57,23 @@ pub struct Transformer {
     pub rope: Option<Rope>,
     pub device: Device,
     pub dtype: DType,
+}
+
+/// What the hooks ask of one attention layer: `HookSet` answers; tests substitute their own.
+trait AttentionNeeds {
+    /// Gradients must flow, so only plain candle ops may run.
+    fn differentiable(&self) -> bool;
+    /// Something reads q, k, v, the pattern or z of `layer`: no fused kernel may run there.
+    fn needs_attention_internals(&self, layer: usize) -> bool;
+}
+
+impl AttentionNeeds for HookSet {
+    fn differentiable(&self) -> bool {
+        self.differentiable
+    }
+    fn needs_attention_internals(&self, layer: usize) -> bool {
+        HookSet::needs_attention_internals(self, layer)
+    }
 }
 
 /// Token ids of several sequences, right-padded to one length. Padding is masked out of attention,
@@ -182,18 +206,23 @@ impl Transformer {
         }
 
         let causal = self.cfg.residual != Residual::PostLn;
-        let mask = attention_mask(
-            &batch.lengths,
-            t,
-            offset,
-            causal,
-            self.cfg.sliding_window,
-            &self.device,
-        )?
-        .map(|m| m.to_dtype(self.dtype))
-        .transpose()?;
+        let mask_with = |window: Option<usize>| -> Result<Option<Tensor>> {
+            attention_mask(&batch.lengths, t, offset, causal, window, &self.device)?
+                .map(|m| Ok(m.to_dtype(self.dtype)?))
+                .transpose()
+        };
+        // one mask for full-attention layers, one for sliding-window layers (if any)
+        let full_mask = mask_with(None)?;
+        let window_mask = match &self.cfg.sliding_window {
+            Some(w) => mask_with(Some(w.size))?,
+            None => None,
+        };
 
         for (l, block) in self.blocks.iter().enumerate() {
+            let mask = match self.cfg.window(l) {
+                Some(_) => &window_mask,
+                None => &full_mask,
+            };
             x = hooks.apply(Site::Block(l, SiteKind::ResidPre), x)?;
             x = match self.cfg.residual {
                 Residual::Sequential => {
@@ -203,7 +232,7 @@ impl Transformer {
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        diff,
+                        &*hooks,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), (x + a)?)?;
@@ -220,7 +249,7 @@ impl Transformer {
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        diff,
+                        &*hooks,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let Some(m) = self.mlp(l, block, &block.ln2.forward(&x, diff)?, hooks)? else {
@@ -235,7 +264,7 @@ impl Transformer {
                         &x,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        diff,
+                        &*hooks,
                     )?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
@@ -274,8 +303,11 @@ impl Transformer {
         x: &Tensor,
         mask: Option<&Tensor>,
         (lengths, offset, cache): (&[usize], usize, Option<&mut KvCache>),
-        diff: bool,
+        needs: &dyn AttentionNeeds,
     ) -> Result<Tensor> {
+        let diff = needs.differentiable();
+        // the fused kernels keep q, k, v, the pattern and z to themselves
+        let fused_ok = !diff && !needs.needs_attention_internals(l);
         let (b, t, _) = x.dims3()?;
         let (h, hkv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let qkv = block.attn.qkv.forward(x, diff)?;
@@ -287,9 +319,9 @@ impl Transformer {
             lengths,
             offset,
             causal: self.cfg.residual != Residual::PostLn,
-            window: self.cfg.sliding_window,
+            window: self.cfg.window(l),
         };
-        if !diff && self.rope.is_none() && cache.is_none() {
+        if fused_ok && self.rope.is_none() && cache.is_none() {
             if let Some(ctx) = kernels::attention_fused(&qkv, h, hkv, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
             }
@@ -319,7 +351,7 @@ impl Transformer {
             cache.layers[l] = Some((k.clone(), v.clone()));
         }
         let tk = k.dim(2)?;
-        if !diff {
+        if fused_ok {
             if let Some(ctx) = kernels::attention(&q, &k, &v, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
             }
@@ -383,3 +415,95 @@ pub struct KvCache {
 
 /// What an architecture's loader hands back: embeddings, blocks, final norm, unembedding.
 pub type Parts = (Embeddings, Vec<Block>, Option<Norm>, Option<Tensor>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LoadOptions, Model};
+    use std::cell::RefCell;
+
+    /// Says every layer's attention internals are needed, and records which layers asked.
+    struct WantsInternals(RefCell<Vec<usize>>);
+
+    impl AttentionNeeds for WantsInternals {
+        fn differentiable(&self) -> bool {
+            false
+        }
+        fn needs_attention_internals(&self, layer: usize) -> bool {
+            self.0.borrow_mut().push(layer);
+            true
+        }
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
+    /// The guard is asked before the fused kernels; when it says internals are needed the
+    /// unfused path runs (its rounding differs) and gives the same numbers.
+    #[test]
+    fn attention_internals_force_the_unfused_path_with_the_same_result() {
+        // gpt2 and bert take `attention_fused` (no rotary), llama `kernels::attention`
+        for name in ["gpt2", "llama", "bert"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name);
+            let m = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+            let net = &m.net;
+            let seqs = [
+                m.encode("The dog was quiet.").unwrap(),
+                m.encode("In 1999").unwrap(),
+            ];
+            let batch = m.batch(&seqs).unwrap();
+            let (b, t) = batch.dims();
+            let d = net.cfg.d_model;
+            let x = Tensor::arange(0u32, (b * t * d) as u32, &net.device)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .affine(0.37, 0.1)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape((b, t, d))
+                .unwrap();
+            let causal = net.cfg.residual != Residual::PostLn;
+            for (l, block) in net.blocks.iter().enumerate() {
+                let mask =
+                    attention_mask(&batch.lengths, t, 0, causal, net.cfg.window(l), &net.device)
+                        .unwrap();
+                let plain = HookSet::new();
+                assert!(!plain.needs_attention_internals(l));
+                let run = |needs: &dyn AttentionNeeds| {
+                    net.attention(
+                        l,
+                        block,
+                        &x,
+                        mask.as_ref(),
+                        (&batch.lengths, 0, None),
+                        needs,
+                    )
+                    .unwrap()
+                };
+                let fused = run(&plain);
+                let wants = WantsInternals(RefCell::new(vec![]));
+                let unfused = run(&wants);
+                assert_eq!(*wants.0.borrow(), vec![l], "{name}: the guard was asked");
+                // compare the real positions only (padding rows are never read)
+                for (i, &len) in batch.lengths.iter().enumerate() {
+                    let f = fused.get(i).unwrap().narrow(0, 0, len).unwrap();
+                    let u = unfused.get(i).unwrap().narrow(0, 0, len).unwrap();
+                    let diff = max_abs(&(&f - &u).unwrap());
+                    assert!(
+                        diff <= 1e-5 * max_abs(&f).max(1.0),
+                        "{name} layer {l} item {i}: fused and unfused differ by {diff}"
+                    );
+                    assert!(
+                        i > 0 || diff > 0.0,
+                        "{name} layer {l}: bit-identical, so the unfused path did not run"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,11 +1,58 @@
 //! BERT-style encoders (e.g. all-MiniLM-L6-v2): learned positions and token types, post-LN blocks,
 //! bidirectional attention, no LM head (the model's output is the last block's hidden state).
 
-use super::config::ModelConfig;
-use super::layers::Linear;
-use super::transformer::{Attention, Block, Embeddings, Mlp, Parts};
-use super::weights::WeightStore;
+use super::ArchEntry;
+use crate::error::user_error;
+use crate::model::config::{Activation, Arch, Fields, ModelConfig, NormKind, Residual};
+use crate::model::layers::Linear;
+use crate::model::transformer::{Attention, Block, Embeddings, Mlp, Parts};
+use crate::model::weights::WeightStore;
 use anyhow::Result;
+
+pub const BERT: ArchEntry = ArchEntry {
+    model_types: &["bert"],
+    config,
+    load,
+};
+
+/// config.json → `ModelConfig`: post-LN, absolute positions only, no LM head.
+pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
+    let d_model = f.usize(&["hidden_size"])?;
+    let n_heads = f.usize(&["num_attention_heads"])?;
+    let pos = f.str_or(&["position_embedding_type"], "absolute")?;
+    if pos != "absolute" {
+        return Err(user_error(format!(
+            "{}: unsupported BERT position_embedding_type `{pos}` (supported: absolute)",
+            f.file.display()
+        )));
+    }
+    Ok(ModelConfig {
+        arch,
+        n_layers: f.usize(&["num_hidden_layers"])?,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        head_dim: ModelConfig::head_dim(f, d_model, n_heads)?,
+        d_mlp: f.usize(&["intermediate_size"])?,
+        vocab_size: f.usize(&["vocab_size"])?,
+        n_ctx: f.usize(&["max_position_embeddings"])?,
+        norm: NormKind::LayerNorm,
+        norm_eps: f.f64_or(&["layer_norm_eps"], 1e-12)?,
+        act: Activation::parse(f.str_or(&["hidden_act"], "gelu")?, f.file)?,
+        gated_mlp: false,
+        residual: Residual::PostLn,
+        rope: None,
+        tie_embeddings: false,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        type_vocab_size: f.usize_or(&["type_vocab_size"], 2)?,
+        pad_token_id: Some(f.usize_or(&["pad_token_id"], 0)? as u32),
+        scale_attn_by_layer: false,
+        sliding_window: None,
+        lm_head: false,
+    })
+}
 
 pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
     ws.detect_prefix("embeddings.word_embeddings.weight", &["", "bert."])?;
