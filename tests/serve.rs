@@ -5,7 +5,7 @@
 
 use ftri::atlas::Atlas;
 use ftri::model::{LoadOptions, Model};
-use ftri::serve::AppState;
+use ftri::serve::{AppState, Limits};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -94,12 +94,14 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
 }
 
 /// Start a server in-process on a free port; it runs until the test binary exits.
-fn start(with_model: bool) -> SocketAddr {
+fn start(with_model: bool, limits: Limits) -> SocketAddr {
     let (model_dir, atlas_dir) = fixture();
     let atlas = Atlas::open(atlas_dir).unwrap();
     let model = with_model
         .then(|| Model::load(model_dir.to_str().unwrap(), &LoadOptions::default()).unwrap());
-    let state = Arc::new(AppState::new(atlas, model).unwrap());
+    let mut state = AppState::new(atlas, model).unwrap();
+    state.limits = limits;
+    let state = Arc::new(state);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,10 +121,16 @@ fn start(with_model: bool) -> SocketAddr {
 fn server(with_model: bool) -> SocketAddr {
     static PLAIN: OnceLock<SocketAddr> = OnceLock::new();
     static MODEL: OnceLock<SocketAddr> = OnceLock::new();
+    // the tests run in parallel and share these: room for all their model jobs at once
+    let limits = || Limits {
+        max_jobs: 8,
+        max_queued: 16,
+        ..Limits::default()
+    };
     if with_model {
-        *MODEL.get_or_init(|| start(true))
+        *MODEL.get_or_init(|| start(true, limits()))
     } else {
-        *PLAIN.get_or_init(|| start(false))
+        *PLAIN.get_or_init(|| start(false, limits()))
     }
 }
 
@@ -241,6 +249,10 @@ fn info_and_layers_describe_the_atlas() {
     assert!(j["tokens"].as_u64().unwrap() > 100);
     assert_eq!(j["loaded_model"], Value::Null);
     assert_eq!(j["limits"]["max_body_bytes"], 64 * 1024);
+    assert_eq!(j["limits"]["max_jobs"], 8);
+    assert_eq!(j["limits"]["max_queued"], 16);
+    assert_eq!(j["limits"]["job_timeout_s"], 120.0);
+    assert_eq!(j["jobs"], json!({"running": 0, "waiting": 0}));
     // /api/layers is `ftri atlas --top 10 --json`
     let expected: Value = serde_json::from_str(&ftri(&[
         "atlas",
