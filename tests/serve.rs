@@ -5,14 +5,15 @@
 
 use ftri::atlas::Atlas;
 use ftri::model::{LoadOptions, Model};
-use ftri::serve::AppState;
+use ftri::serve::{AppState, Limits};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn ftri(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ftri"))
@@ -94,12 +95,14 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
 }
 
 /// Start a server in-process on a free port; it runs until the test binary exits.
-fn start(with_model: bool) -> SocketAddr {
+fn start(with_model: bool, limits: Limits) -> SocketAddr {
     let (model_dir, atlas_dir) = fixture();
     let atlas = Atlas::open(atlas_dir).unwrap();
     let model = with_model
         .then(|| Model::load(model_dir.to_str().unwrap(), &LoadOptions::default()).unwrap());
-    let state = Arc::new(AppState::new(atlas, model).unwrap());
+    let mut state = AppState::new(atlas, model).unwrap();
+    state.limits = limits;
+    let state = Arc::new(state);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,10 +122,16 @@ fn start(with_model: bool) -> SocketAddr {
 fn server(with_model: bool) -> SocketAddr {
     static PLAIN: OnceLock<SocketAddr> = OnceLock::new();
     static MODEL: OnceLock<SocketAddr> = OnceLock::new();
+    // the tests run in parallel and share these: room for all their model jobs at once
+    let limits = || Limits {
+        max_jobs: 8,
+        max_queued: 16,
+        ..Limits::default()
+    };
     if with_model {
-        *MODEL.get_or_init(|| start(true))
+        *MODEL.get_or_init(|| start(true, limits()))
     } else {
-        *PLAIN.get_or_init(|| start(false))
+        *PLAIN.get_or_init(|| start(false, limits()))
     }
 }
 
@@ -241,6 +250,10 @@ fn info_and_layers_describe_the_atlas() {
     assert!(j["tokens"].as_u64().unwrap() > 100);
     assert_eq!(j["loaded_model"], Value::Null);
     assert_eq!(j["limits"]["max_body_bytes"], 64 * 1024);
+    assert_eq!(j["limits"]["max_jobs"], 8);
+    assert_eq!(j["limits"]["max_queued"], 16);
+    assert_eq!(j["limits"]["job_timeout_s"], 120.0);
+    assert_eq!(j["jobs"], json!({"running": 0, "waiting": 0}));
     // /api/layers is `ftri atlas --top 10 --json`
     let expected: Value = serde_json::from_str(&ftri(&[
         "atlas",
@@ -624,6 +637,34 @@ fn localize_ranks_the_planted_neuron_first() {
     let j = r.json();
     assert_eq!(j["neurons"][0]["neuron"], "1.5", "{j}");
     assert_eq!(j["neurons"].as_array().unwrap().len(), 5);
+    // the server's cancellable localize is exactly `ftri localize --json`
+    let dir = fixture().0.parent().unwrap();
+    let lines = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string() + "\n")
+            .collect::<String>()
+    };
+    let (tf, cf) = (dir.join("target.txt"), dir.join("control.txt"));
+    std::fs::write(&tf, lines(&target)).unwrap();
+    std::fs::write(&cf, lines(&control)).unwrap();
+    let cli: Value = serde_json::from_str(&ftri(&[
+        "localize",
+        "--model",
+        fixture().0.to_str().unwrap(),
+        "--target",
+        tf.to_str().unwrap(),
+        "--control",
+        cf.to_str().unwrap(),
+        "--reduce",
+        "max",
+        "--top",
+        "5",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(j, cli);
     assert_json_error(
         &post(
             a,
@@ -632,4 +673,229 @@ fn localize_ranks_the_planted_neuron_first() {
         ),
         400,
     );
+}
+
+/// A localize of `n` target and `n` control stimuli of `words` words each (one token a word; the
+/// planted model's context is 256): several seconds on the planted model for n = 300.
+fn long_localize(n: usize, words: usize) -> Value {
+    let set = |trigger: &str| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                (0..words)
+                    .map(|j| match j % 9 {
+                        4 => trigger.to_string(),
+                        _ => format!("w{}", 1 + (i * 31 + j * 17) % 250),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    json!({"target": set("dog"), "control": set("w251"), "reduce": "max", "top": 5})
+}
+
+/// Room for long localizer sets.
+fn big_sets() -> Limits {
+    Limits {
+        max_stimuli: 1000,
+        max_body: 16 << 20,
+        ..Limits::default()
+    }
+}
+
+/// Start `body` as a localize in a background thread; wait until the server reports it running.
+/// Returns the thread (its status and time) and a flag set when it has answered.
+fn start_long_job(
+    a: SocketAddr,
+    body: Value,
+) -> (std::thread::JoinHandle<(Resp, Duration)>, Arc<AtomicBool>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let t0 = Instant::now();
+    let job = std::thread::spawn(move || {
+        let r = post(a, "/api/localize", &body);
+        d.store(true, Ordering::SeqCst);
+        (r, t0.elapsed())
+    });
+    loop {
+        let j = get(a, "/api/info").json();
+        if j["jobs"]["running"] == 1 {
+            break;
+        }
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "the job ended before it was seen running"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (job, done)
+}
+
+#[test]
+fn atlas_reads_and_describe_never_wait_for_a_model_job() {
+    let a = start(true, big_sets());
+    let (job, done) = start_long_job(a, long_localize(300, 250));
+    let mut took = vec![];
+    for p in [
+        "/api/info",
+        "/api/map",
+        "/api/neuron/1.5",
+        "/api/search?q=bark",
+        "/api/neuron/1.5/contexts",
+    ] {
+        let t = Instant::now();
+        let r = get(a, p);
+        let dt = t.elapsed();
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "{p}: the localize ended first; make it longer"
+        );
+        assert_eq!(r.status, 200, "{p}: {}", r.text());
+        assert!(dt < Duration::from_secs(1), "{p} took {dt:?} during a job");
+        let j = r.json();
+        match p {
+            "/api/info" => assert_eq!(j["jobs"]["running"], 1, "{j}"),
+            "/api/neuron/1.5" => assert_eq!(
+                j["describe"]["promotes"][0]["token"]
+                    .as_str()
+                    .unwrap()
+                    .trim(),
+                "bark",
+                "{j}"
+            ),
+            "/api/search?q=bark" => {
+                assert_eq!(j["results"][0]["matches"][0]["kind"], "promotes", "{j}")
+            }
+            // shading waits for no job: the recorded peaks, and a note saying why
+            "/api/neuron/1.5/contexts" => {
+                assert_eq!(j["per_token"], false, "{j}");
+                assert!(j["note"].as_str().unwrap().contains("busy"), "{j}");
+            }
+            _ => {}
+        }
+        took.push(format!("{p} {dt:?}"));
+    }
+    let (r, total) = job.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["neurons"][0]["neuron"], "1.5");
+    eprintln!("during a {total:?} localize: {}", took.join(", "));
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let a = start(
+        true,
+        Limits {
+            max_jobs: 1,
+            max_queued: 0,
+            ..big_sets()
+        },
+    );
+    let (job, done) = start_long_job(a, long_localize(150, 250));
+    for (path, body) in [
+        ("/api/localize", long_localize(2, 5)),
+        (
+            "/api/activations",
+            json!({"text": "w1 dog", "neuron": "1.5"}),
+        ),
+        (
+            "/api/intervene",
+            json!({"text": "w1 dog", "neuron": "1.5", "op": "zero"}),
+        ),
+    ] {
+        let r = post(a, path, &body);
+        assert!(!done.load(Ordering::SeqCst), "the first job ended first");
+        assert_json_error(&r, 503);
+        let secs: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=120).contains(&secs), "{secs}");
+        assert!(r.json()["error"].as_str().unwrap().contains("busy"));
+    }
+    // atlas reads are not queued
+    assert_eq!(get(a, "/api/map").status, 200);
+    let (r, _) = job.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // the slot is free again
+    let r = post(
+        a,
+        "/api/activations",
+        &json!({"text": "w1 dog", "neuron": "1.5"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_job_past_its_time_limit_is_answered_and_stopped() {
+    let a = start(
+        true,
+        Limits {
+            max_jobs: 1,
+            max_queued: 0,
+            job_timeout: Duration::from_millis(300),
+            ..big_sets()
+        },
+    );
+    assert_eq!(get(a, "/api/info").json()["limits"]["job_timeout_s"], 0.3);
+    let t = Instant::now();
+    let r = post(a, "/api/localize", &long_localize(300, 250));
+    let dt = t.elapsed();
+    assert_json_error(&r, 504);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("time limit"),
+        "{}",
+        r.text()
+    );
+    assert!(dt < Duration::from_secs(3), "answered after {dt:?}");
+    // the localizer stops at its next batch and gives its slot back
+    let t = Instant::now();
+    while get(a, "/api/info").json()["jobs"]["running"] != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the abandoned localize still runs"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = post(
+        a,
+        "/api/activations",
+        &json!({"text": "w1 dog", "neuron": "1.5"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_dropped_request_cancels_its_job() {
+    let a = start(true, big_sets());
+    let body = long_localize(300, 250).to_string();
+    let mut s = TcpStream::connect(a).unwrap();
+    let req = format!(
+        "POST /api/localize HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let t = Instant::now();
+    while get(a, "/api/info").json()["jobs"]["running"] != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    let t = Instant::now();
+    while get(a, "/api/info").json()["jobs"]["running"] != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the localize runs on for its closed connection"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

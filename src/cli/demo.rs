@@ -94,5 +94,6 @@ fn serve(atlas: &Path, a: &DemoArgs) -> Result<()> {
         threads: a.threads,
         host: a.host.clone(),
         port: a.port,
+        jobs: Default::default(),
     })
 }

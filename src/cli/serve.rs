@@ -2,7 +2,7 @@
 
 use crate::atlas::Atlas;
 use crate::error::user_error;
-use crate::serve::{serve, AppState};
+use crate::serve::{serve, AppState, Limits};
 use anyhow::Result;
 use clap::Args;
 use std::net::IpAddr;
@@ -33,6 +33,33 @@ pub struct ServeArgs {
     /// Port (0 = any free port; the address is printed on stderr)
     #[arg(long, default_value_t = 7878)]
     pub port: u16,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+/// Bounds on model jobs (forward passes: activations, intervene, localize).
+#[derive(Args, Clone)]
+pub struct JobArgs {
+    /// Model jobs that run at once
+    #[arg(long, default_value_t = Limits::default().max_jobs)]
+    pub max_jobs: usize,
+    /// Model jobs that may wait for a slot; more get 503 with Retry-After
+    #[arg(long, default_value_t = Limits::default().max_queued)]
+    pub max_queued: usize,
+    /// Seconds a model job may wait for a slot (then 503), and then run (then 504)
+    #[arg(long, default_value_t = Limits::default().job_timeout.as_secs_f64())]
+    pub job_timeout: f64,
+}
+
+impl Default for JobArgs {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_jobs: l.max_jobs,
+            max_queued: l.max_queued,
+            job_timeout: l.job_timeout.as_secs_f64(),
+        }
+    }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -40,6 +67,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .host
         .parse()
         .map_err(|_| user_error(format!("--host `{}` is not an IP address", a.host)))?;
+    if a.jobs.max_jobs == 0 {
+        return Err(user_error("--max-jobs must be at least 1"));
+    }
+    let job_timeout = std::time::Duration::try_from_secs_f64(a.jobs.job_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            user_error(format!(
+                "--job-timeout `{}` is not a positive number of seconds",
+                a.jobs.job_timeout
+            ))
+        })?;
     let atlas = Atlas::open(&a.atlas)?;
     let model = match &a.model {
         Some(m) => Some(
@@ -55,6 +94,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let mut state = AppState::new(atlas, model)?;
     state.loopback_only = host.is_loopback();
+    state.limits = Limits {
+        max_jobs: a.jobs.max_jobs,
+        max_queued: a.jobs.max_queued,
+        job_timeout,
+        ..Limits::default()
+    };
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

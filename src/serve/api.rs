@@ -1,9 +1,9 @@
 //! Routes: the UI pages (one embedded shell; `app.js` renders by path), embedded assets, and the
-//! JSON API under `/api/`. Every error is `{"error": "..."}` with a 4xx (bad input) or 500 status.
+//! JSON API under `/api/`. Every error is `{"error": "..."}` with a 4xx (bad input), 503 (busy:
+//! with `Retry-After`), 504 (a model job past its time limit) or 500 status.
 
-use super::{assets, AppState, Shared};
+use super::{assets, Shared};
 use crate::error::is_user_error;
-use crate::model::Model;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 pub struct ApiError {
     pub status: StatusCode,
     pub msg: String,
+    /// Seconds for a `Retry-After` header (503 busy).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +25,12 @@ impl ApiError {
         Self {
             status,
             msg: msg.into(),
+            retry_after: None,
         }
+    }
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn bad(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, msg)
@@ -35,7 +42,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.msg}))).into_response()
+        let mut r = (self.status, Json(json!({"error": self.msg}))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
     }
 }
 
@@ -161,6 +173,7 @@ async fn asset(Path(path): Path<String>) -> Response {
 }
 
 /// Run `f` on the blocking pool (model runs and atlas scans must not stall the async workers).
+/// Model use goes through `super::jobs` instead.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -171,23 +184,4 @@ pub async fn blocking<T: Send + 'static>(
             format!("worker failed: {e}"),
         )),
     }
-}
-
-/// Run `f` with the model (one run at a time), or 400 when the server has none.
-pub async fn with_model<T: Send + 'static>(
-    s: &Shared,
-    f: impl FnOnce(&AppState, &Model) -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    if s.model.is_none() {
-        return Err(ApiError::bad(
-            "this server has no model: start it with `ftri serve --model M`",
-        ));
-    }
-    let s = s.clone();
-    blocking(move || {
-        let m = s.model.as_ref().expect("checked above");
-        let guard = m.lock().unwrap_or_else(|e| e.into_inner());
-        f(&s, &guard)
-    })
-    .await
 }

@@ -1,8 +1,10 @@
 //! The JSON endpoints under `/api/`: atlas reads (info, layers, map, a unit, its contexts,
 //! search) and model runs (activations, intervene, localize). Each parses its request, calls the
-//! library and serializes the library's typed result.
+//! library and serializes the library's typed result. Model use goes through `jobs`: `read` for
+//! describe and promoters, `job` (queued, timed) for forward passes.
 
-use super::api::{blocking, with_model, ApiError, ApiResult};
+use super::api::{blocking, ApiError, ApiResult};
+use super::jobs::{self, Wait};
 use super::{runs, search, AppState, Shared, STATS};
 use crate::analyze::localize::{self, Direction};
 use crate::analyze::responses::{Method, Readout, Reduce, Stimulus};
@@ -20,6 +22,7 @@ use std::sync::Arc;
 
 pub(super) async fn info(State(s): State<Shared>) -> ApiResult {
     let m = &s.atlas.manifest;
+    let jobs = s.jobs();
     Ok(Json(json!({
         "atlas": s.atlas.dir.display().to_string(),
         "complete": m.complete,
@@ -39,7 +42,11 @@ pub(super) async fn info(State(s): State<Shared>) -> ApiResult {
             "max_tokens": s.model_ctx,
             "max_stimuli": s.limits.max_stimuli,
             "max_results": s.limits.max_results,
+            "max_jobs": s.limits.max_jobs.max(1),
+            "max_queued": s.limits.max_queued,
+            "job_timeout_s": s.limits.job_timeout.as_secs_f64(),
         },
+        "jobs": {"running": jobs.running(), "waiting": jobs.waiting()},
         "stats": STATS,
     })))
 }
@@ -100,7 +107,7 @@ pub(super) async fn neuron(State(s): State<Shared>, Path(id): Path<String>) -> A
     if s.model.is_some() {
         let layer = super::neuron_layer(&r.site);
         let d = match layer {
-            Some(l) => with_model(&s, move |_, m| {
+            Some(l) => jobs::read(&s, move |_, m| {
                 Ok(serde_json::to_value(
                     crate::analyze::describe::describe_neuron(m, l, u, 10)?,
                 )?)
@@ -140,7 +147,8 @@ pub(super) async fn contexts(State(s): State<Shared>, Path(id): Path<String>) ->
             .map(|e| e.context.iter().flatten().copied().collect())
             .collect();
         let site_name = r.site.clone();
-        let res = with_model(&s, move |_, m| {
+        // Shading is extra: taken only when a model slot is free now, never waited for.
+        let res = jobs::job(&s, "contexts run", Wait::No, move |_, m, _| {
             let site = m.parse_site(&site_name)?;
             runs::unit_activations(m, &seqs, site, u)
         })
@@ -149,6 +157,9 @@ pub(super) async fn contexts(State(s): State<Shared>, Path(id): Path<String>) ->
             Ok(v) => {
                 per_token = Some(v);
                 note = "activations recomputed by running the model on each context alone; they can differ from the recorded peak, which saw the whole document".into();
+            }
+            Err(e) if e.retry_after.is_some() => {
+                note = "activation known at the example token only: the model is busy with another job (reload later to shade every token)".into()
             }
             Err(e) => note = format!("could not recompute activations: {}", e.msg),
         }
@@ -207,7 +218,7 @@ pub(super) async fn search_api(
     let parsed = search::parse(&raw)?;
     let words = parsed.words.clone();
     let promoted = if s.model.is_some() && !words.is_empty() {
-        with_model(&s, move |st, m| {
+        jobs::read(&s, move |st, m| {
             let mut out = Vec::new();
             for w in &words {
                 let ids = search::vocab_ids(&m.tokenizer, w);
@@ -276,7 +287,7 @@ pub(super) async fn activations(
 ) -> ApiResult {
     let Json(req) = body?;
     check_text(&s, &req.text, "text")?;
-    with_model(&s, move |_, m| {
+    jobs::job(&s, "activations run", Wait::Queue, move |_, m, _| {
         let (site, unit): (Site, usize) = runs::model_unit(m, &req.neuron)?;
         let ids = m.encode(&req.text)?;
         let acts = runs::unit_activations(m, std::slice::from_ref(&ids), site, unit)?;
@@ -320,11 +331,11 @@ pub(super) async fn intervene(
     let Json(req) = body?;
     check_text(&s, &req.text, "text")?;
     let op = OpSpec::parse(&req.op)?;
-    with_model(&s, move |st, m| {
+    jobs::job(&s, "intervention", Wait::Queue, move |st, m, cancel| {
         // Neuron::parse reads only the string (a neuron *set* may name a file; this may not).
         let n = Neuron::parse(&req.neuron, &m.cfg)?;
         let ids = m.encode(&req.text)?;
-        let c = runs::compare(m, &st.atlas, &ids, n, &op)?;
+        let c = runs::compare(m, &st.atlas, &ids, n, &op, cancel)?;
         Ok(serde_json::to_value(c)?)
     })
     .await
@@ -379,8 +390,8 @@ pub(super) async fn localize(
             .collect()
     };
     let (target, control) = (stimuli(target), stimuli(control));
-    let r = with_model(&s, move |_, m| {
-        localize::localize(
+    let r = jobs::job(&s, "localize", Wait::Queue, move |_, m, cancel| {
+        runs::localize(
             m,
             &localize::LocalizeRequest {
                 target,
@@ -398,6 +409,7 @@ pub(super) async fn localize(
                 fdr: 0.05,
                 top,
             },
+            cancel,
         )
     })
     .await?;

@@ -3,12 +3,18 @@
 //!
 //! Everything the server reads is fixed when it starts: the atlas folder (memory-mapped) and the
 //! front end, compiled into the binary (`assets`). No part of a request path or body ever names
-//! a file. Model runs (per-token activations, interventions, localizer contrasts) go to tokio's
-//! blocking pool one at a time behind a mutex, so the atlas pages stay responsive meanwhile.
+//! a file.
+//!
+//! Concurrency: atlas reads (info, layers, map, a unit, its recorded contexts, search) never wait
+//! for the model. The model is shared read-only (`Arc<Model>`, no lock): cheap reads of its
+//! weights (describe, a search word's promoters) run on the blocking pool at once, and forward
+//! passes (activations, intervene, localize, per-token contexts) are jobs in a bounded queue with
+//! a time limit (`jobs`; the bounds are in `Limits`). See docs/serve.md.
 
 pub mod api;
 mod assets;
 mod endpoints;
+pub mod jobs;
 pub mod runs;
 pub mod search;
 
@@ -16,7 +22,8 @@ use crate::atlas::Atlas;
 use crate::error::user_error;
 use crate::model::{Model, Tokenizer};
 use anyhow::Result;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Bounds on what a request may ask for.
 #[derive(Debug, Clone)]
@@ -29,6 +36,13 @@ pub struct Limits {
     pub max_stimuli: usize,
     /// Results of one search.
     pub max_results: usize,
+    /// Model jobs (forward passes) that run at once (at least 1). The CPU kernels already use
+    /// every core, so more mostly adds latency.
+    pub max_jobs: usize,
+    /// Model jobs that may wait for a slot; one more gets 503 with `Retry-After`.
+    pub max_queued: usize,
+    /// How long a model job may wait for a slot (then 503), and then run (then 504).
+    pub job_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +52,9 @@ impl Default for Limits {
             max_chars: 2000,
             max_stimuli: 200,
             max_results: 500,
+            max_jobs: 1,
+            max_queued: 4,
+            job_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -85,12 +102,14 @@ pub struct AppState {
     pub atlas: Atlas,
     /// The atlas's own tokenizer (renders contexts without the model).
     pub tok: Option<Tokenizer>,
-    /// The model, one run at a time.
-    pub model: Option<Mutex<Model>>,
+    /// The model, shared read-only; its forward passes go through `jobs`.
+    pub model: Option<Arc<Model>>,
     pub model_id: Option<String>,
     pub model_ctx: Option<usize>,
     pub cols: Vec<SiteCols>,
+    /// Set before the state is shared; the job queue is sized from it on first use.
     pub limits: Limits,
+    jobs: OnceLock<Arc<jobs::Jobs>>,
     /// Activating tokens of every unit's top examples, built on the first search.
     pub(crate) index: OnceLock<Arc<search::Index>>,
     /// Loopback-only Host headers (DNS-rebinding guard) when bound to a loopback address.
@@ -148,14 +167,21 @@ impl AppState {
         Ok(Self {
             model_id: model.as_ref().map(|m| m.id.clone()),
             model_ctx: model.as_ref().map(|m| m.cfg.n_ctx),
-            model: model.map(Mutex::new),
+            model: model.map(Arc::new),
             atlas,
             tok,
             cols,
             limits: Limits::default(),
+            jobs: OnceLock::new(),
             index: OnceLock::new(),
             loopback_only: true,
         })
+    }
+
+    /// The model job queue, sized from `limits`.
+    pub fn jobs(&self) -> &Arc<jobs::Jobs> {
+        self.jobs
+            .get_or_init(|| Arc::new(jobs::Jobs::new(&self.limits)))
     }
 }
 
