@@ -8,7 +8,7 @@
 //! at q ≤ fdr; `Control` lists the opposite preference; `Both` ranks by |t|. p-values stay
 //! two-sided and q-values are computed over every unit, whatever the direction listed.
 
-use super::responses::{unit_values, Method, Readout, Stimulus};
+use super::responses::{unit_values_until, Method, Readout, Stimulus};
 use super::stats::{bh_qvalues, order, paired, welch, wilcoxon_p};
 use crate::error::user_error;
 use crate::model::{Model, Site, SiteKind, UnitId};
@@ -153,6 +153,16 @@ pub struct Localization {
 
 /// Run both stimulus sets through the model and compare them unit by unit.
 pub fn localize(model: &Model, r: &LocalizeRequest) -> Result<Localization> {
+    localize_until(model, r, &|| Ok(()))
+}
+
+/// `localize`, calling `keep_going` before each batch of stimuli: an error from it stops the job
+/// (the server cancels jobs past their time limit or whose client left).
+pub fn localize_until(
+    model: &Model,
+    r: &LocalizeRequest,
+    keep_going: &dyn Fn() -> Result<()>,
+) -> Result<Localization> {
     if r.paired && r.target.len() != r.control.len() {
         return Err(user_error(format!(
             "--paired needs as many target as control stimuli (got {} and {}): target i and control i form a pair",
@@ -164,8 +174,8 @@ pub fn localize(model: &Model, r: &LocalizeRequest) -> Result<Localization> {
     for s in &sites {
         model.parse_site(&s.to_string())?;
     }
-    let t = unit_values(model, &r.target, &sites, &r.readout)?;
-    let c = unit_values(model, &r.control, &sites, &r.readout)?;
+    let t = unit_values_until(model, &r.target, &sites, &r.readout, keep_going)?;
+    let c = unit_values_until(model, &r.control, &sites, &r.readout, keep_going)?;
     let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, model.site_dim(*s))).collect();
     let all = contrast(&sized, &t, &c, r.paired)?;
     let units_tested = all.len();

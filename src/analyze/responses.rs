@@ -162,6 +162,18 @@ pub fn unit_values(
     sites: &[Site],
     r: &Readout,
 ) -> Result<Vec<Vec<f32>>> {
+    unit_values_until(model, stimuli, sites, r, &|| Ok(()))
+}
+
+/// `unit_values`, calling `keep_going` before each batch: an error from it (a cancelled server
+/// job) stops the run there.
+pub fn unit_values_until(
+    model: &Model,
+    stimuli: &[Stimulus],
+    sites: &[Site],
+    r: &Readout,
+    keep_going: &dyn Fn() -> Result<()>,
+) -> Result<Vec<Vec<f32>>> {
     let Readout {
         reduce,
         method,
@@ -174,6 +186,7 @@ pub fn unit_values(
         .collect::<Result<_>>()?;
     let mut rows = Vec::with_capacity(stimuli.len());
     for chunk in toks.chunks(batch_size.max(1)) {
+        keep_going()?;
         let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
         let batch = model.batch(&ids)?;
         let mut hooks = match method {

@@ -391,7 +391,7 @@ pub(super) async fn localize(
     };
     let (target, control) = (stimuli(target), stimuli(control));
     let r = jobs::job(&s, "localize", Wait::Queue, move |_, m, cancel| {
-        runs::localize(
+        localize::localize_until(
             m,
             &localize::LocalizeRequest {
                 target,
@@ -409,7 +409,7 @@ pub(super) async fn localize(
                 fdr: 0.05,
                 top,
             },
-            cancel,
+            &|| cancel.check(),
         )
     })
     .await?;

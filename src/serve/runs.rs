@@ -1,12 +1,8 @@
 //! What the server asks of the model: one unit's activation per token, the next-token
-//! distribution with and without an intervention, which neurons write a token, and the
-//! localizer in steps that can be cancelled. Plain functions over `&Model`; the API runs them on
-//! the blocking pool (`super::jobs`).
+//! distribution with and without an intervention, and which neurons write a token. Plain
+//! functions over `&Model`; the API runs them on the blocking pool (`super::jobs`).
 
 use super::jobs::Cancel;
-use crate::analyze::localize::{
-    contrast, unit_values, Localization, LocalizeRequest, Method, Stimulus,
-};
 use crate::atlas::Atlas;
 use crate::error::user_error;
 use crate::intervene::{Neuron, OpSpec};
@@ -179,46 +175,4 @@ pub fn promoters(model: &Model, ids: &[u32], k: usize) -> Result<Vec<(usize, usi
     all.sort_by(|a, b| b.3.total_cmp(&a.3));
     all.truncate(k);
     Ok(all)
-}
-
-/// `analyze::localize::localize`, one batch of stimuli at a time, stopping with an error between
-/// batches once `cancel` is set. Built from the library's own steps (`unit_values` over the same
-/// batches, then `contrast`), so the result is exactly `ftri localize --json`'s.
-pub fn localize(model: &Model, r: &LocalizeRequest, cancel: &Cancel) -> Result<Localization> {
-    let sites: Vec<Site> = r.layers.iter().map(|&l| Site::Block(l, r.site)).collect();
-    for s in &sites {
-        model.parse_site(&s.to_string())?;
-    }
-    let values = |set: &[Stimulus]| -> Result<Vec<Vec<f32>>> {
-        let mut rows = Vec::with_capacity(set.len());
-        for chunk in set.chunks(r.batch.max(1)) {
-            cancel.check()?;
-            rows.extend(unit_values(
-                model, chunk, &sites, r.reduce, r.method, r.batch,
-            )?);
-        }
-        Ok(rows)
-    };
-    let t = values(&r.target)?;
-    let c = values(&r.control)?;
-    cancel.check()?;
-    let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, model.site_dim(*s))).collect();
-    let mut findings = contrast(&sized, &t, &c)?;
-    let significant = findings.iter().filter(|f| f.q <= r.fdr).count();
-    let units_tested = findings.len();
-    findings.truncate(r.top);
-    Ok(Localization {
-        site: r.site.suffix().to_string(),
-        method: r.method.name(),
-        reduce: match r.method {
-            Method::Attribution => "sum",
-            Method::Contrast => r.reduce.name(),
-        },
-        n_target: r.target.len(),
-        n_control: r.control.len(),
-        units_tested,
-        fdr: r.fdr,
-        significant,
-        neurons: findings,
-    })
 }
