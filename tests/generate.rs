@@ -132,3 +132,62 @@ fn greedy_generation_follows_the_argmax() {
         generate(&m, &prompt, &[], &s).unwrap()
     );
 }
+
+/// Entropy (nats) of a distribution given as counts or probabilities.
+fn entropy(weights: &[f64]) -> f64 {
+    let total: f64 = weights.iter().sum();
+    weights
+        .iter()
+        .filter(|w| **w > 0.0)
+        .map(|w| {
+            let p = w / total;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+#[test]
+fn lower_temperature_samples_lower_entropy() {
+    let m = load("gpt2");
+    let prompt = m.encode("The dog was").unwrap();
+    let logits: Vec<f32> = full_logits(&m, &prompt, &[])
+        .get(prompt.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    const N: u64 = 1500;
+    let mut measured = vec![];
+    for t in [0.5f32, 2.0] {
+        let mut counts = vec![0f64; m.cfg.vocab_size];
+        for seed in 0..N {
+            let opts = GenerateOptions {
+                max_new_tokens: 1,
+                temperature: t,
+                seed,
+            };
+            let next = generate(&m, &prompt, &[], &opts).unwrap();
+            counts[next[0] as usize] += 1.0;
+        }
+        // the distribution sampled from: softmax(logits / T)
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let p: Vec<f64> = logits
+            .iter()
+            .map(|&l| (((l - max) / t) as f64).exp())
+            .collect();
+        let (h_samples, h_exact) = (entropy(&counts), entropy(&p));
+        eprintln!(
+            "T={t}: entropy of {N} samples {h_samples:.3} nats, of softmax(logits/T) {h_exact:.3}"
+        );
+        assert!(
+            (h_samples - h_exact).abs() < 0.5,
+            "T={t}: the samples follow softmax(logits/T)"
+        );
+        measured.push((h_samples, h_exact));
+    }
+    let ((h_cold, e_cold), (h_hot, e_hot)) = (measured[0], measured[1]);
+    assert!(e_cold < e_hot, "exact entropies {e_cold} vs {e_hot}");
+    assert!(
+        h_cold + 0.5 < h_hot,
+        "samples at T=0.5 ({h_cold:.3} nats) should be clearly less spread than at T=2 ({h_hot:.3})"
+    );
+}

@@ -272,3 +272,113 @@ fn stopping_at_the_last_neurons_skips_the_rest() {
     with_logits.capture(Site::Logits);
     assert!(!with_logits.done_after(post(last)));
 }
+
+#[test]
+fn replacing_an_activation_carries_the_other_texts_computation() {
+    // resid_pre of layer 1 is all that layers 1.. read, so putting text B's there makes text A's
+    // pass give B's logits at every replaced position, and leaves earlier positions alone
+    for name in ["llama", "gpt2"] {
+        let m = load(name);
+        let a = m.encode("The dog was quiet and the cat slept.").unwrap();
+        let b = m.encode("In 1999, Riverton built a new bridge!").unwrap();
+        let n = a.len().min(b.len());
+        let (a, b) = (a[..n].to_vec(), b[..n].to_vec());
+        assert_ne!(a, b);
+        let site = Site::Block(1, SiteKind::ResidPre);
+        let run = |ids: &[u32], ivs: Vec<Intervention>| {
+            let mut h = HookSet::capturing([site, Site::Logits]);
+            for iv in ivs {
+                h.intervene(iv);
+            }
+            m.forward(&m.batch(&[ids.to_vec()]).unwrap(), &mut h)
+                .unwrap();
+            h
+        };
+        let (ha, hb) = (run(&a, vec![]), run(&b, vec![]));
+        let (la, lb) = (
+            ha.get(Site::Logits).unwrap().squeeze(0).unwrap(),
+            hb.get(Site::Logits).unwrap().squeeze(0).unwrap(),
+        );
+        let from_b = |positions: Option<Vec<usize>>| Intervention {
+            site,
+            units: None,
+            positions,
+            op: Op::Replace(hb.get(site).unwrap().clone()),
+        };
+        // every position replaced: B's logits everywhere
+        let all = run(&a, vec![from_b(None)]);
+        let l = all.get(Site::Logits).unwrap().squeeze(0).unwrap();
+        assert!(max_abs_diff(&la, &lb) > 1e-2, "{name}: the texts differ");
+        assert!(
+            max_abs_diff(&l, &lb) < 1e-6,
+            "{name}: replaced pass = B's pass"
+        );
+        // from position p on: A's logits before p, B's hidden state from p on, so position p
+        // (which attends A's earlier positions) is neither
+        let p = n / 2;
+        let part = run(&a, vec![from_b(Some((p..n).collect()))]);
+        let l = part.get(Site::Logits).unwrap().squeeze(0).unwrap();
+        let r = part.get(site).unwrap().squeeze(0).unwrap();
+        let rb = hb.get(site).unwrap().squeeze(0).unwrap();
+        for i in 0..n {
+            let (li, lai) = (l.get(i).unwrap(), la.get(i).unwrap());
+            if i < p {
+                assert_eq!(
+                    max_abs_diff(&li, &lai),
+                    0.0,
+                    "{name}: position {i} untouched"
+                );
+            } else {
+                assert_eq!(
+                    max_abs_diff(&r.get(i).unwrap(), &rb.get(i).unwrap()),
+                    0.0,
+                    "{name}: position {i} holds B's activation"
+                );
+                assert!(
+                    max_abs_diff(&li, &lai) > 1e-3,
+                    "{name}: position {i} changed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_are_returned_or_their_absence_is_an_error() {
+    let m = load("llama");
+    let batch = m.batch(&[m.encode(TEXT).unwrap()]).unwrap();
+    let tracked = Site::Block(1, SiteKind::MlpPost);
+    let mut h = HookSet::new();
+    h.track_gradient(tracked);
+    let logits = m.forward(&batch, &mut h).unwrap().unwrap();
+    // a loss that depends on the tracked site: its gradient comes back
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let (act, g) = h.gradient(tracked, &grads).unwrap().unwrap();
+    assert_eq!(act.dims(), g.dims());
+    assert!(
+        g.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // a site that was never tracked (so never reached as one): None
+    assert!(h
+        .gradient(Site::Block(0, SiteKind::MlpPost), &grads)
+        .unwrap()
+        .is_none());
+    // a loss the tracked site does not feed: an error, not zeros
+    let unrelated = candle_core::Var::new(&[1f32, 2.0], m.device()).unwrap();
+    let other = unrelated
+        .as_tensor()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let err = h.gradient(tracked, &other).unwrap_err();
+    assert!(err.to_string().contains("no gradient"), "{err}");
+}

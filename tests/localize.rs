@@ -107,7 +107,7 @@ fn attribution_gradient_matches_finite_differences() {
         h.track_gradient(site);
         let logits = m.forward(&batch, &mut h).unwrap().unwrap();
         let grads = log_likelihood(&logits, &chunk).unwrap().backward().unwrap();
-        let (_, g) = h.gradient(site, &grads).unwrap();
+        let (_, g) = h.gradient(site, &grads).unwrap().unwrap();
         let g = g.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         let metric_with = |delta: f32, unit: usize, pos: usize| -> f64 {
             let mut h = HookSet::new();

@@ -264,6 +264,25 @@ fn sharded_and_bf16_checkpoints() {
     .unwrap();
     check_model_dir(sharded.path());
 
+    // the weights fingerprint: the same on every load and from the free function, and it reads
+    // every shard (a flipped bit in the second one's first weight changes it)
+    let fp = |d: &Path| {
+        Model::load(d.to_str().unwrap(), &LoadOptions::default())
+            .unwrap()
+            .fingerprint
+    };
+    let f = fp(sharded.path());
+    assert!(f.starts_with("sha256-sampled:"), "{f}");
+    assert_eq!(f, fp(sharded.path()));
+    assert_eq!(f, ftri::model::fingerprint(sharded.path()).unwrap());
+    assert_ne!(f, fp(&src), "other files (two headers), other fingerprint");
+    let second = sharded.path().join("model-00002-of-00002.safetensors");
+    let mut bytes = std::fs::read(&second).unwrap();
+    let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[data_start] ^= 1;
+    std::fs::write(&second, bytes).unwrap();
+    assert_ne!(f, ftri::model::fingerprint(sharded.path()).unwrap());
+
     // bf16 on disk, f32 compute: logits within what bf16 weight rounding allows
     let half = tempfile::tempdir().unwrap();
     link(half.path());

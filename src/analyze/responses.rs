@@ -220,7 +220,7 @@ pub fn unit_values_until(
                     .iter()
                     .map(|s| {
                         let (a, g) = hooks
-                            .gradient(*s, &grads)
+                            .gradient(*s, &grads)?
                             .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
                         Ok((a * g)?)
                     })

@@ -71,7 +71,9 @@ pub fn generate(
     Ok(out)
 }
 
-/// Inverse-CDF sampling from a probability vector with a uniform draw `u` in [0, 1).
+/// Inverse-CDF sampling from a probability vector with a uniform draw `u` in [0, 1). When
+/// rounding leaves the running sum short of `u`, the most probable id, never the last row (which
+/// may be a padding row of the embedding).
 fn sample(probs: &[f32], u: f32) -> u32 {
     let mut acc = 0f32;
     for (i, p) in probs.iter().enumerate() {
@@ -80,5 +82,46 @@ fn sample(probs: &[f32], u: f32) -> u32 {
             return i as u32;
         }
     }
-    probs.len().saturating_sub(1) as u32
+    most_probable(probs)
+}
+
+fn most_probable(probs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, p) in probs.iter().enumerate() {
+        if *p > probs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_follows_the_cdf() {
+        let p = [0.1, 0.0, 0.6, 0.3];
+        assert_eq!(sample(&p, 0.0), 0);
+        assert_eq!(sample(&p, 0.0999), 0);
+        assert_eq!(sample(&p, 0.1), 2, "a zero-probability id is never drawn");
+        assert_eq!(sample(&p, 0.69), 2);
+        assert_eq!(sample(&p, 0.71), 3);
+    }
+
+    #[test]
+    fn a_sum_short_of_the_draw_falls_back_to_the_most_probable_id() {
+        // a running sum that stays below the draw (f32 rounding of a softmax does this by a few
+        // ulps; here by more, to be plain)
+        let mut p = vec![1e-8f32; 1000];
+        p[0] = 0.0; // like a padding row
+        p[7] = 0.2;
+        p[500] = 0.7;
+        p[999] = 0.0;
+        let u = 1.0 - f32::EPSILON;
+        assert!(p.iter().sum::<f32>() < u);
+        assert_eq!(sample(&p, u), 500);
+        // nothing to choose from: the first id, as argmax would
+        assert_eq!(sample(&[0.0, 0.0], 0.5), 0);
+    }
 }

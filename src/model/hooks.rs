@@ -205,18 +205,23 @@ impl HookSet {
         self.grad_sites.insert(site);
     }
 
-    /// The activation at a tracked site and its gradient from `grads` (None if unreached).
+    /// The activation at a tracked site and its gradient from `grads`: `None` when the forward
+    /// pass did not reach the site, an error when it did but `grads` holds no gradient for it
+    /// (the loss was not computed from this pass, or does not depend on the site).
     pub fn gradient(
         &self,
         site: Site,
         grads: &candle_core::backprop::GradStore,
-    ) -> Option<(Tensor, Tensor)> {
-        let (var, act) = self.grad_vars.get(&site)?;
-        let g = grads
-            .get(var.as_tensor())
-            .cloned()
-            .unwrap_or_else(|| act.zeros_like().unwrap_or_else(|_| act.clone()));
-        Some((act.clone(), g))
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((var, act)) = self.grad_vars.get(&site) else {
+            return Ok(None);
+        };
+        let g = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{site}: no gradient reached this hook point (the loss does not depend on this forward pass's activation there)"
+            )
+        })?;
+        Ok(Some((act.clone(), g)))
     }
 
     pub fn intervene(&mut self, iv: Intervention) {

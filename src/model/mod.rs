@@ -20,6 +20,7 @@ pub use hooks::{HookSet, Intervention, Op, Site, SiteKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, KvCache, Transformer};
 pub use unit::UnitId;
+pub use weights::fingerprint;
 
 use crate::error::user_error;
 use anyhow::Result;
@@ -87,6 +88,8 @@ pub struct Model {
     pub cfg: ModelConfig,
     pub tokenizer: Tokenizer,
     pub net: Transformer,
+    /// `sha256-sampled:…`, identifying the weights (see `weights::fingerprint`).
+    pub fingerprint: String,
 }
 
 impl Model {
@@ -95,6 +98,8 @@ impl Model {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let mut ws = WeightStore::open(&dir, &opts.device, opts.dtype)?;
+        // before loading, which drops the mapped pages the samples would be read from
+        let fingerprint = ws.fingerprint();
         let (embed, blocks, final_norm, unembed) = cfg.arch.load(&cfg, &mut ws)?;
         let rope = match &cfg.rope {
             Some(r) => Some(Rope::new(r, cfg.n_ctx, &opts.device, opts.dtype)?),
@@ -116,6 +121,7 @@ impl Model {
             cfg,
             tokenizer,
             net,
+            fingerprint,
         })
     }
 

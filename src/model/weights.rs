@@ -2,6 +2,9 @@
 //!
 //! Each tensor is copied once into an owned f32 buffer in the layout the forward pass wants, then its
 //! pages are dropped from the mapping so peak memory stays near the size of the weights, not twice it.
+//!
+//! `fingerprint` identifies a checkpoint's weights cheaply (a sampled SHA-256), so an atlas can
+//! check that it is read with the model it was recorded from.
 
 use super::layers::{Linear, Norm};
 use crate::error::user_error;
@@ -9,6 +12,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -250,5 +254,192 @@ impl WeightStore {
     /// so every forward matmul is a plain row-major product.
     pub fn linear_t(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Tensor> {
         Ok(self.get(name, &[out_dim, in_dim])?.t()?.contiguous()?)
+    }
+
+    /// `sha256-sampled:<hex>`: SHA-256 over each file's safetensors header (names, dtypes, shapes,
+    /// offsets, metadata), then, tensor by tensor in name order, its name, byte length and the
+    /// bytes `sampled_ranges` picks. Reads a few KiB per tensor, so it costs milliseconds on any
+    /// checkpoint; it changes when a header changes or a weight changes in a sampled place (every
+    /// byte of a tensor up to 4 KiB), not when a weight changes between samples of a larger one.
+    /// Call before `get` drops the pages, or the samples are read from disk again.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"ftri weights fingerprint v1\0");
+        h.update((self.shards.len() as u64).to_le_bytes());
+        for shard in &self.shards {
+            // the 8-byte header length and the JSON header
+            h.update(&shard.mmap[..shard.data_start]);
+        }
+        let mut names: Vec<&String> = self.entries.keys().collect();
+        names.sort();
+        for name in names {
+            let e = &self.entries[name];
+            let shard = &self.shards[e.shard];
+            let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            for (a, b) in sampled_ranges(bytes.len()) {
+                h.update(&bytes[a..b]);
+            }
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{FINGERPRINT_PREFIX}{hex}")
+    }
+}
+
+pub const FINGERPRINT_PREFIX: &str = "sha256-sampled:";
+
+/// Bytes per sample, and evenly spaced samples per tensor besides its first and last bytes.
+const SAMPLE: usize = 64;
+const SAMPLES: usize = 64;
+
+/// The byte ranges of an `len`-byte tensor that the fingerprint hashes: all of it up to
+/// (SAMPLES + 2)·SAMPLE bytes, else its first and last SAMPLE bytes and SAMPLES slices of SAMPLE
+/// bytes evenly spaced between them.
+pub fn sampled_ranges(len: usize) -> Vec<(usize, usize)> {
+    if len <= (SAMPLES + 2) * SAMPLE {
+        return vec![(0, len)];
+    }
+    let last = len - SAMPLE;
+    let mut out = Vec::with_capacity(SAMPLES + 2);
+    out.push((0, SAMPLE));
+    for i in 1..=SAMPLES {
+        let start = i * last / (SAMPLES + 1);
+        out.push((start, start + SAMPLE));
+    }
+    out.push((last, len));
+    out
+}
+
+/// The weights fingerprint (`WeightStore::fingerprint`) of the checkpoint in `dir`, without loading
+/// its weights: what an atlas checks against the model it is opened with.
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    Ok(WeightStore::open(dir, &Device::Cpu, DType::F32)?.fingerprint())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synth::{random_weights, vocab_with, write_checkpoint, SynthArch, SynthSpec};
+    use crate::model::{LoadOptions, Model};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    #[test]
+    fn sampled_ranges_cover_both_ends_and_do_not_overlap() {
+        assert_eq!(sampled_ranges(0), [(0, 0)]);
+        assert_eq!(sampled_ranges(4224), [(0, 4224)]);
+        for n in [4225, 65_536, 1_000_003, 3 << 30] {
+            let r = sampled_ranges(n);
+            assert_eq!(r.len(), SAMPLES + 2);
+            assert_eq!((r[0], r[SAMPLES + 1]), ((0, SAMPLE), (n - SAMPLE, n)));
+            assert!(r.iter().all(|(a, b)| b - a == SAMPLE && *b <= n));
+            assert!(
+                r.windows(2).all(|w| w[0].1 <= w[1].0),
+                "{n}: sorted, disjoint"
+            );
+        }
+    }
+
+    fn synth(dir: &Path, seed: u64) {
+        let spec = SynthSpec {
+            arch: SynthArch::Gpt2,
+            n_layers: 2,
+            d_model: 32,
+            n_heads: 4,
+            d_mlp: 64,
+            n_ctx: 32,
+            vocab: vocab_with(&[], 50),
+            seed,
+        };
+        write_checkpoint(dir, &spec, &random_weights(&spec), &[]).unwrap();
+    }
+
+    #[test]
+    fn same_checkpoint_same_fingerprint_other_seed_other_fingerprint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        synth(&a, 1);
+        synth(&b, 2);
+        let fa = fingerprint(&a).unwrap();
+        assert!(fa.starts_with(FINGERPRINT_PREFIX) && fa.len() == FINGERPRINT_PREFIX.len() + 64);
+        assert_ne!(fa, fingerprint(&b).unwrap(), "same config, other seed");
+        let load = |d: &Path| {
+            Model::load(d.to_str().unwrap(), &LoadOptions::default())
+                .unwrap()
+                .fingerprint
+        };
+        assert_eq!(
+            load(&a),
+            fa,
+            "the model's fingerprint is the free function's"
+        );
+        assert_eq!(load(&a), fa, "and the same on every load");
+    }
+
+    /// Flipping one bit of one weight in a sampled place changes the fingerprint, for every tensor
+    /// of a fixture (at its first, a middle and its last sample); between samples of a tensor
+    /// larger than 4 KiB it does not (that is what "sampled" buys the speed with).
+    #[test]
+    fn one_changed_weight_in_a_sampled_place_changes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("model.safetensors");
+        let original = std::fs::read(fixture("gpt2").join("model.safetensors")).unwrap();
+        std::fs::write(&file, &original).unwrap();
+        let base = fingerprint(tmp.path()).unwrap();
+        let tensors: Vec<(String, usize, usize)> = {
+            let ws = WeightStore::open(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+            let data = ws.shards[0].data_start;
+            ws.entries
+                .iter()
+                .map(|(n, e)| (n.clone(), data + e.range.0, e.range.1 - e.range.0))
+                .collect()
+        };
+        let mut checked = 0;
+        let mut unsampled = 0;
+        for (name, start, len) in tensors {
+            let r = sampled_ranges(len);
+            // the middle of the first, a middle and the last sample, and just past the middle one
+            let mid = r[r.len() / 2];
+            let positions = [
+                (r[0].0 + r[0].1) / 2,
+                (mid.0 + mid.1) / 2,
+                (r[r.len() - 1].0 + r[r.len() - 1].1) / 2,
+                mid.1 + 1,
+            ];
+            for at in positions.into_iter().filter(|&at| at < len) {
+                let sampled = r.iter().any(|&(a, b)| a <= at && at < b);
+                let mut bytes = original.clone();
+                bytes[start + at] ^= 0x01;
+                std::fs::write(&file, &bytes).unwrap();
+                let f = fingerprint(tmp.path()).unwrap();
+                assert_eq!(f != base, sampled, "{name}: byte {at} of {len}");
+                checked += sampled as usize;
+                unsampled += !sampled as usize;
+            }
+        }
+        assert!(checked >= 30 && unsampled > 0, "{checked} {unsampled}");
+    }
+
+    /// Milliseconds on the real MiniLM (90 MB) when it is present.
+    #[test]
+    fn fingerprint_is_cheap() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+        if !dir.join("model.safetensors").exists() {
+            return;
+        }
+        let first = std::time::Instant::now();
+        let f = fingerprint(&dir).unwrap();
+        let first = first.elapsed();
+        let again = std::time::Instant::now();
+        assert_eq!(fingerprint(&dir).unwrap(), f);
+        let again = again.elapsed();
+        eprintln!("all-MiniLM-L6-v2 fingerprint {f}: {first:?} (first), {again:?} (again)");
+        assert!(again < std::time::Duration::from_secs(2), "{again:?}");
     }
 }
