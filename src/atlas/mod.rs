@@ -24,6 +24,12 @@ pub struct ModelInfo {
     pub arch: String,
     pub config_sha256: String,
     pub tokenizer_sha256: String,
+    /// `model::fingerprint` of the weights (absent in atlases from before it was recorded).
+    #[serde(default)]
+    pub weights_fingerprint: Option<String>,
+    /// The compute dtype of the recording (`f32`, `bf16`, ...).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
     pub n_layers: usize,
     pub d_model: usize,
     pub d_mlp: usize,
@@ -35,6 +41,10 @@ pub struct CorpusInfo {
     pub text_field: String,
 }
 
+fn default_dtype() -> String {
+    "f32".into()
+}
+
 /// Everything that changes what is recorded; atlases merge only when these agree.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Settings {
@@ -43,6 +53,9 @@ pub struct Settings {
     pub context_before: usize,
     pub context_after: usize,
     pub hist: HistSpec,
+    /// `--max-tokens`: where reading the corpus stopped.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 impl Settings {
@@ -107,6 +120,18 @@ impl Manifest {
             return Some(format!(
                 "different models ({} vs {}: config.json/tokenizer.json differ)",
                 m.0.id, m.1.id
+            ));
+        }
+        if m.0.weights_fingerprint != m.1.weights_fingerprint {
+            return Some(format!(
+                "different weights ({} vs {}: same config, other checkpoint)",
+                m.0.id, m.1.id
+            ));
+        }
+        if m.0.dtype != m.1.dtype {
+            return Some(format!(
+                "different compute dtypes ({} vs {})",
+                m.0.dtype, m.1.dtype
             ));
         }
         if self.sites != other.sites {
@@ -379,6 +404,34 @@ impl Atlas {
             )));
         }
         Ok((si, unit))
+    }
+
+    /// Refuse a model other than the one this atlas was recorded on: another shape, or (when the
+    /// atlas recorded it) other weights. `use_` says what the atlas is for, for the message.
+    pub fn check_model(&self, m: &crate::model::Model, use_: &str) -> Result<()> {
+        let mi = &self.manifest.model;
+        if mi.n_layers != m.cfg.n_layers || mi.d_mlp != m.cfg.d_mlp {
+            return Err(user_error(format!(
+                "{}: recorded on a model with {} layers × {} neurons, but {} has {} × {} ({use_})",
+                self.dir.display(),
+                mi.n_layers,
+                mi.d_mlp,
+                m.id,
+                m.cfg.n_layers,
+                m.cfg.d_mlp
+            )));
+        }
+        if let Some(fp) = &mi.weights_fingerprint {
+            if *fp != m.fingerprint {
+                return Err(user_error(format!(
+                    "{}: recorded on other weights than {} ({} has the same shape but a different weights fingerprint; {use_})",
+                    self.dir.display(),
+                    m.id,
+                    mi.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Index of `site` among the recorded hook points.

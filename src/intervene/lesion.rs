@@ -67,15 +67,7 @@ pub fn open_atlas(path: Option<&Path>, model: &Model, op: &OpSpec) -> Result<Opt
         ))),
         (Some(p), _) => {
             let a = Atlas::open(p)?;
-            if a.manifest.model.d_mlp != model.cfg.d_mlp
-                || a.manifest.model.n_layers != model.cfg.n_layers
-            {
-                return Err(user_error(format!(
-                    "{}: recorded on a model of another shape than {}",
-                    p.display(),
-                    model.id
-                )));
-            }
+            a.check_model(model, &format!("--op {op} needs its statistics"))?;
             Ok(Some(a))
         }
         (None, false) => Ok(None),
@@ -95,6 +87,7 @@ pub fn build(
         let forget = atlas
             .ok_or_else(|| user_error("--op adjust needs --atlas (the forget-skill atlas)"))?;
         let retain = Atlas::open(retain)?;
+        retain.check_model(model, "the retain atlas of --op adjust")?;
         return adjust_interventions(set, forget, &retain, positions, model.cfg.d_mlp);
     }
     let means = |layer: usize| -> Result<Vec<f32>> {

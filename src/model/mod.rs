@@ -59,6 +59,17 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     })
 }
 
+/// The `--dtype` spelling of a dtype (what atlas manifests record).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
+
 /// Parse `--device`.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {

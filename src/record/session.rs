@@ -231,6 +231,8 @@ impl RecordSession {
                 arch: m.cfg.arch.name().to_string(),
                 config_sha256: sha256_file(&m.dir.join("config.json"))?.1,
                 tokenizer_sha256: sha256_file(&m.dir.join("tokenizer.json"))?.1,
+                weights_fingerprint: Some(m.fingerprint.clone()),
+                dtype: crate::model::dtype_name(m.net.dtype).to_string(),
                 n_layers: m.cfg.n_layers,
                 d_model: m.cfg.d_model,
                 d_mlp: m.cfg.d_mlp,
@@ -245,6 +247,7 @@ impl RecordSession {
                 context_before: self.top.before,
                 context_after: self.top.after,
                 hist: self.hist,
+                max_tokens: self.s.max_tokens,
             },
             sites: sites.to_vec(),
             shard: self.shard.map(|(i, n)| Shard {

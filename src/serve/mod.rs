@@ -19,7 +19,6 @@ pub mod runs;
 pub mod search;
 
 use crate::atlas::Atlas;
-use crate::error::user_error;
 use crate::model::{Model, Tokenizer};
 use anyhow::Result;
 use std::sync::{Arc, OnceLock};
@@ -121,18 +120,7 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn new(atlas: Atlas, model: Option<Model>) -> Result<Self> {
         if let Some(m) = &model {
-            let mi = &atlas.manifest.model;
-            if mi.n_layers != m.cfg.n_layers || mi.d_mlp != m.cfg.d_mlp {
-                return Err(user_error(format!(
-                    "{}: recorded on a model with {} layers × {} neurons, but {} has {} × {}",
-                    atlas.dir.display(),
-                    mi.n_layers,
-                    mi.d_mlp,
-                    m.id,
-                    m.cfg.n_layers,
-                    m.cfg.d_mlp
-                )));
-            }
+            atlas.check_model(m, "serve --model must be the atlas's model")?;
         }
         let tok = atlas
             .tokenizer_path()
