@@ -137,38 +137,29 @@ fn atlases_refuse_other_weights_dtypes_and_token_limits() {
     // lesion --op mean with model a's atlas on model b
     let eval = r.join("eval.jsonl");
     std::fs::write(&eval, "{\"prompt\": \"w3 dog\", \"target\": \" bark\"}\n").unwrap();
-    let lesion = |model: &str| {
-        ftri(&[
+    let ev = eval.to_str().unwrap().to_string();
+    let lesion = |model: &str| -> Vec<String> {
+        let (m, a) = (p(model), p("whole"));
+        [
             "lesion",
             "--model",
-            &p(model),
+            &m,
             "--neurons",
             "1.5",
             "--op",
             "mean",
             "--atlas",
-            &p("whole"),
+            &a,
             "--eval",
-            eval.to_str().unwrap(),
-        ])
+            &ev,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
-    assert!(lesion("a").status.success());
-    refused(
-        &[
-            "lesion",
-            "--model",
-            &p("b"),
-            "--neurons",
-            "1.5",
-            "--op",
-            "mean",
-            "--atlas",
-            &p("whole"),
-            "--eval",
-            eval.to_str().unwrap(),
-        ],
-        "recorded on other weights",
-    );
+    let strs = |v: &[String]| -> Vec<&str> { v.iter().map(String::as_str).collect() };
+    ok(&strs(&lesion("a")));
+    refused(&strs(&lesion("b")), "recorded on other weights");
 
     // serve --model b over model a's atlas
     let load = |n: &str| Model::load(&p(n), &LoadOptions::default()).unwrap();
