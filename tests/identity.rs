@@ -157,9 +157,12 @@ fn atlases_refuse_other_weights_dtypes_and_token_limits() {
         .map(|s| s.to_string())
         .collect()
     };
-    let strs = |v: &[String]| -> Vec<&str> { v.iter().map(String::as_str).collect() };
-    ok(&strs(&lesion("a")));
-    refused(&strs(&lesion("b")), "recorded on other weights");
+    let (la, lb) = (lesion("a"), lesion("b"));
+    ok(&la.iter().map(String::as_str).collect::<Vec<_>>());
+    refused(
+        &lb.iter().map(String::as_str).collect::<Vec<_>>(),
+        "recorded on other weights",
+    );
 
     // serve --model b over model a's atlas
     let load = |n: &str| Model::load(&p(n), &LoadOptions::default()).unwrap();
