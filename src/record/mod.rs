@@ -9,7 +9,7 @@ pub mod state;
 use crate::corpus::{windows, Documents, Skip};
 use crate::model::{HookSet, Model, Site};
 use anyhow::{anyhow, Result};
-use candle_core::DType;
+use candle_core::{CpuStorage, DType, Storage};
 use state::{update_sites, HistSpec, Row, SiteState, TopSpec};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -92,6 +92,45 @@ struct Pending {
     tokens: Rc<Vec<u32>>,
 }
 
+/// Windows read ahead per batch: batches are picked among `batch × LOOKAHEAD` queued windows so
+/// that windows of similar length run together and little of the forward pass goes to padding.
+const LOOKAHEAD: usize = 16;
+
+/// Take the next batch of at most `batch` windows out of `pool`. With `all` (the corpus is done,
+/// or the pool is being drained for a checkpoint) the longest windows go first, so that the last
+/// batches are the sorted remainder; otherwise the run of `batch` windows of the most similar
+/// lengths (least padding), so that windows of unusual length wait for partners. Which windows
+/// share a batch never changes the statistics (beyond float summation order): every token is
+/// recorded once, and top-k ties are broken by (doc, pos), not by arrival.
+fn next_batch(pool: &mut Vec<Pending>, batch: usize, all: bool) -> Vec<Pending> {
+    pool.sort_by(|a, b| {
+        b.len
+            .cmp(&a.len)
+            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
+    });
+    let n = batch.min(pool.len());
+    let at = if all || pool.len() <= n {
+        0
+    } else {
+        // Sorted by decreasing length, a run's padding is (its first length × n) − its tokens.
+        let mut best = (usize::MAX, 0);
+        let mut sum: usize = pool[..n].iter().map(|w| w.len).sum();
+        for i in 0..=pool.len() - n {
+            if i > 0 {
+                sum = sum + pool[i + n - 1].len - pool[i - 1].len;
+            }
+            let waste = pool[i].len * n - sum;
+            if waste < best.0 {
+                best = (waste, i);
+            }
+        }
+        best.1
+    };
+    let mut b: Vec<Pending> = pool.drain(at..at + n).collect();
+    b.sort_by_key(|w| (w.doc, w.start));
+    b
+}
+
 /// Record `docs` into `state`, resuming after `state.next_doc`. `progress` is called after every
 /// batch with the corpus bytes read; `checkpoint` at document boundaries every
 /// `checkpoint_every`, with every document below `state.next_doc` fully recorded.
@@ -103,15 +142,16 @@ pub fn run(
     mut progress: impl FnMut(&RecordState, u64),
     mut checkpoint: impl FnMut(&RecordState) -> Result<()>,
 ) -> Result<Outcome> {
-    let mut queue: std::collections::VecDeque<Pending> = Default::default();
+    let mut pool: Vec<Pending> = Vec::new();
+    let lookahead = s.batch.saturating_mul(LOOKAHEAD);
     let mut tokens_read = state.tokens;
     let mut eof = false;
     let mut stop = false;
-    // While draining, no new documents are read, so that the queue empties at a document boundary.
+    // While draining, no new documents are read, so that the pool empties at a document boundary.
     let mut draining = false;
     let mut last_checkpoint = Instant::now();
     loop {
-        while !eof && !draining && queue.len() < s.batch {
+        while !eof && !draining && pool.len() < lookahead {
             let Some(doc) = docs.next_doc()? else {
                 eof = true;
                 break;
@@ -144,7 +184,7 @@ pub fn run(
             tokens_read += ids.len() as u64;
             let ids = Rc::new(ids);
             for w in windows(ids.len(), s.ctx) {
-                queue.push_back(Pending {
+                pool.push(Pending {
                     doc: doc.index,
                     start: w.start,
                     len: w.len,
@@ -160,7 +200,7 @@ pub fn run(
                 draining = true;
             }
         }
-        if queue.is_empty() {
+        if pool.is_empty() {
             // At the end the caller writes the finished atlas; a checkpoint then would be wasted.
             if eof && !stop {
                 return Ok(Outcome::Finished);
@@ -175,8 +215,7 @@ pub fn run(
             }
             continue;
         }
-        let n = queue.len().min(s.batch);
-        let batch: Vec<Pending> = queue.drain(..n).collect();
+        let batch = next_batch(&mut pool, s.batch, eof || draining);
         record_batch(model, s, state, &batch)?;
         progress(state, docs.bytes_read());
         if last_checkpoint.elapsed() >= s.checkpoint_every {
@@ -198,7 +237,7 @@ fn record_batch(
     let b = model.batch(&seqs)?;
     let mut hooks = HookSet::capturing(s.sites.iter().copied());
     model.forward(&b, &mut hooks)?;
-    let mut acts = Vec::with_capacity(s.sites.len());
+    let mut captured = Vec::with_capacity(s.sites.len());
     let mut t_len = 0;
     for site in &s.sites {
         let x = hooks
@@ -206,7 +245,7 @@ fn record_batch(
             .ok_or_else(|| anyhow!("hook {site} was not reached"))?;
         let (_, t, _) = x.dims3()?;
         t_len = t;
-        acts.push(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        captured.push(x);
     }
     drop(hooks);
     let mut rows = Vec::with_capacity(batch.iter().map(|w| w.len).sum());
@@ -220,6 +259,26 @@ fn record_batch(
             });
         }
     }
+    // Read f32 CPU activations in place; anything else (other dtypes, devices) is copied.
+    let storages: Vec<_> = captured.iter().map(|x| x.storage_and_layout()).collect();
+    let mut copies = Vec::new();
+    for (x, (st, layout)) in captured.iter().zip(&storages) {
+        let borrowed = match (&**st, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(_)), Some(_)) => true,
+            _ => false,
+        };
+        if !borrowed {
+            copies.push(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    let mut copies = copies.iter();
+    let acts: Vec<&[f32]> = storages
+        .iter()
+        .map(|(st, layout)| match (&**st, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, z))) => &v[a..z],
+            _ => copies.next().map(|c| c.as_slice()).unwrap_or(&[]),
+        })
+        .collect();
     update_sites(&mut state.sites, &acts, &rows, &s.hist, &s.top);
     state.tokens += rows.len() as u64;
     state.windows += batch.len() as u64;
