@@ -55,8 +55,8 @@ pub struct RecordArgs {
     /// Histogram bins (plus an underflow and an overflow bin)
     #[arg(long, default_value_t = 64)]
     pub hist_bins: usize,
-    /// Histogram range LO,HI
-    #[arg(long, default_value = "-4,12", allow_hyphen_values = true)]
+    /// Histogram range LO,HI for every site, or `auto`: each site's from the corpus's first windows
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
     pub hist_range: String,
     /// Continue from the checkpoint OUT.partial of an interrupted run
     #[arg(long)]
@@ -95,7 +95,7 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 fn parse_range(s: &str) -> Result<(f64, f64)> {
     let bad = || {
         user_error(format!(
-            "bad --hist-range `{s}` (use LO,HI with LO < HI, e.g. -4,12)"
+            "bad --hist-range `{s}` (use auto, or LO,HI with LO < HI, e.g. -4,12)"
         ))
     };
     let (a, b) = s.split_once(',').ok_or_else(bad)?;
@@ -111,7 +111,12 @@ fn parse_range(s: &str) -> Result<(f64, f64)> {
 
 pub fn run(a: RecordArgs) -> Result<()> {
     let shard = a.shard.as_deref().map(parse_shard).transpose()?;
-    let (lo, hi) = parse_range(&a.hist_range)?;
+    let hist_auto = a.hist_range == "auto";
+    let (lo, hi) = if hist_auto {
+        record::state::DEFAULT_HIST_RANGE
+    } else {
+        parse_range(&a.hist_range)?
+    };
     if a.top_k == 0 || a.batch == 0 || a.hist_bins == 0 {
         user_bail!("--top-k, --batch and --hist-bins must be at least 1");
     }
@@ -175,12 +180,14 @@ pub fn run(a: RecordArgs) -> Result<()> {
             context_before: a.context_before,
             context_after: a.context_after,
             hist,
+            hist_auto,
         },
         sites: sites
             .iter()
             .map(|s| SiteInfo {
                 name: s.to_string(),
                 units: m.site_dim(*s),
+                hist: None,
             })
             .collect(),
         shard: shard.map(|(i, n)| Shard {
@@ -239,6 +246,7 @@ pub fn run(a: RecordArgs) -> Result<()> {
         batch: a.batch,
         top,
         hist,
+        hist_auto,
         shard,
         max_tokens: a.max_tokens,
         checkpoint_every: Duration::from_secs(a.checkpoint_every),

@@ -67,7 +67,7 @@ fn marked(texts: &[Option<String>], at: usize, sep: &str) -> String {
 
 pub fn unit_json(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> serde_json::Value {
     let before = a.manifest.settings.context_before;
-    let hist = &a.manifest.settings.hist;
+    let hist = &r.hist_spec;
     let n = r.hist.len();
     let top: Vec<_> = r
         .top
@@ -132,7 +132,7 @@ pub fn run(a: ShowArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    let h = &atlas.manifest.settings.hist;
+    let h = &atlas.hist_spec(si);
     println!(
         "neuron {} ({} unit {})",
         j["neuron"].as_str().unwrap_or(""),

@@ -24,7 +24,54 @@ pub struct HistSpec {
     pub bins: usize,
 }
 
+/// The histogram range used before per-site ranges, and the fallback when a site's first
+/// activations have no finite value.
+pub const DEFAULT_HIST_RANGE: (f64, f64) = (-4.0, 12.0);
+
 impl HistSpec {
+    /// A range for activations seen between `min` and `max`: widened by a quarter of the span on
+    /// each side, then rounded outward to a multiple of a 1-2-5 step about a tenth of the
+    /// widened span (so activations in -0.17..3.2 get the range -2..5).
+    pub fn around(min: f32, max: f32, bins: usize) -> Self {
+        let (min, max) = (min as f64, max as f64);
+        let (lo, hi) = if !(min.is_finite() && max.is_finite() && min <= max) {
+            DEFAULT_HIST_RANGE
+        } else {
+            let margin = if max > min {
+                0.25 * (max - min)
+            } else {
+                0.25 * min.abs().max(1.0)
+            };
+            let (lo, hi) = (min - margin, max + margin);
+            // step = d · 10^e with d in {1, 2, 5}, the smallest at least a tenth of the span
+            let x = (hi - lo) / 10.0;
+            let mut e = x.log10().floor() as i32;
+            let f = x / 10f64.powi(e) * (1.0 - 1e-9);
+            let d = if f <= 1.0 {
+                1.0
+            } else if f <= 2.0 {
+                2.0
+            } else if f <= 5.0 {
+                5.0
+            } else {
+                e += 1;
+                1.0
+            };
+            // m · d · 10^e, written so that decimal steps give the closest double (-0.6, not
+            // -0.6000000000000001)
+            let at = |m: f64| {
+                if e < 0 {
+                    m * d / 10f64.powi(-e)
+                } else {
+                    m * d * 10f64.powi(e)
+                }
+            };
+            let step = at(1.0);
+            (at((lo / step).floor()), at((hi / step).ceil()))
+        };
+        Self { lo, hi, bins }
+    }
+
     /// Counters per unit: the bins plus underflow and overflow.
     pub fn slots(&self) -> usize {
         self.bins + 2
@@ -32,7 +79,15 @@ impl HistSpec {
 
     pub fn edges(&self) -> Vec<f64> {
         let w = (self.hi - self.lo) / self.bins as f64;
-        (0..=self.bins).map(|i| self.lo + w * i as f64).collect()
+        (0..=self.bins)
+            .map(|i| {
+                if i == self.bins {
+                    self.hi
+                } else {
+                    self.lo + w * i as f64
+                }
+            })
+            .collect()
     }
 
     /// The counter `x` goes to: 0 below `lo`, 1..=bins for the bins, bins + 1 at or above `hi`
@@ -70,6 +125,8 @@ impl TopSpec {
 pub struct SiteState {
     pub name: String,
     pub units: usize,
+    /// This site's histogram bins.
+    pub spec: HistSpec,
     pub count: Vec<u64>,
     pub mean: Vec<f64>,
     pub m2: Vec<f64>,
@@ -93,6 +150,7 @@ impl SiteState {
         Self {
             name,
             units,
+            spec: *hist,
             count: vec![0; units],
             mean: vec![0.0; units],
             m2: vec![0.0; units],
@@ -158,6 +216,7 @@ impl SiteState {
 
     /// Fold `other` (the same site, disjoint tokens) into `self`.
     pub fn merge(&mut self, other: &SiteState, top: &TopSpec) {
+        debug_assert_eq!(self.spec, other.spec, "histograms of different bins");
         for u in 0..self.units {
             let (n, mean, m2) = chan(
                 (self.count[u], self.mean[u], self.m2[u]),
@@ -525,23 +584,17 @@ fn context(row: &Row, top: &TopSpec, out: &mut Vec<u32>) {
 /// Update every site's units with one batch, in parallel over runs of `CHUNK` units. `acts[i]` is site
 /// i's [rows, dim] matrix. Each unit is updated by one thread in row order, so the result does not
 /// depend on the thread count.
-pub fn update_sites(
-    sites: &mut [SiteState],
-    acts: &[&[f32]],
-    rows: &[Row],
-    hist: &HistSpec,
-    top: &TopSpec,
-) {
-    let mut jobs: Vec<(UnitsMut, &[f32], usize)> = Vec::new();
+pub fn update_sites(sites: &mut [SiteState], acts: &[&[f32]], rows: &[Row], top: &TopSpec) {
+    let mut jobs: Vec<(UnitsMut, &[f32], usize, HistSpec)> = Vec::new();
     for (site, a) in sites.iter_mut().zip(acts) {
-        let dim = site.units;
+        let (dim, spec) = (site.units, site.spec);
         for c in site.chunks_mut(CHUNK, top) {
-            jobs.push((c, a, dim));
+            jobs.push((c, a, dim, spec));
         }
     }
     jobs.par_iter_mut()
-        .for_each_init(Scratch::default, |scratch, (c, a, dim)| {
-            c.update(a, *dim, rows, hist, top, scratch)
+        .for_each_init(Scratch::default, |scratch, (c, a, dim, spec)| {
+            c.update(a, *dim, rows, spec, top, scratch)
         });
 }
 
@@ -587,6 +640,27 @@ mod tests {
     }
 
     #[test]
+    fn auto_ranges_are_widened_and_round() {
+        let r = |a: f32, b: f32| {
+            let h = HistSpec::around(a, b, 8);
+            (h.lo, h.hi)
+        };
+        assert_eq!(r(-0.17, 3.2), (-2.0, 5.0));
+        assert_eq!(r(0.0, 1.0), (-0.4, 1.4));
+        assert_eq!(r(-120.0, 35.0), (-200.0, 100.0));
+        assert_eq!(r(0.0, 0.0), (-0.25, 0.25));
+        assert_eq!(r(5.0, 5.0), (3.5, 6.5));
+        assert_eq!(r(f32::NAN, 1.0), DEFAULT_HIST_RANGE);
+        assert_eq!(r(1.0, f32::INFINITY), DEFAULT_HIST_RANGE);
+        for (a, b) in [(-3e-5f32, 7e-4f32), (1e6, 3e6), (-0.5, -0.49)] {
+            let (lo, hi) = r(a, b);
+            let span = (b - a) as f64;
+            assert!(lo <= a as f64 - 0.25 * span && hi >= b as f64 + 0.25 * span);
+            assert!(hi - lo < 3.0 * span, "{a} {b}: {lo} {hi}");
+        }
+    }
+
+    #[test]
     fn batch_update_matches_scalar_definitions() {
         // 70 units (a full chunk and a partial one) × 300 rows, with values on bin edges, at
         // the range ends, far outside, and NaN.
@@ -628,14 +702,12 @@ mod tests {
             std::slice::from_mut(&mut st),
             &[&acts[..]],
             &rows[..100],
-            &h,
             &top,
         );
         update_sites(
             std::slice::from_mut(&mut st),
             &[&acts[..]],
             &rows[100..],
-            &h,
             &top,
         );
         for u in 0..units {
@@ -712,13 +784,7 @@ mod tests {
                 doc_tokens: &doc,
             })
             .collect();
-        update_sites(
-            std::slice::from_mut(&mut s),
-            &[&acts[..]],
-            &rows,
-            &hist,
-            &top,
-        );
+        update_sites(std::slice::from_mut(&mut s), &[&acts[..]], &rows, &top);
         assert_eq!(s.top_pos, vec![1, 3]);
         assert_eq!(s.top_ctx, vec![10, 11, 12, 13]);
         assert_eq!(s.count[0], 4);
@@ -732,13 +798,7 @@ mod tests {
             pos: 3,
             doc_tokens: &doc,
         }];
-        update_sites(
-            std::slice::from_mut(&mut t),
-            &[&[0.9][..]],
-            &early,
-            &hist,
-            &top,
-        );
+        update_sites(std::slice::from_mut(&mut t), &[&[0.9][..]], &early, &top);
         s.merge(&t, &top);
         assert_eq!(s.top_doc, vec![1, 5]);
         assert_eq!(s.top_pos, vec![3, 1]);
