@@ -780,3 +780,256 @@ fn bad_record_input_is_one_line_exit_2() {
     record(&[&corpus], &out, &["--force"]);
     assert_eq!(load(&out).docs, 22);
 }
+
+/// The test model with its token embeddings (tied to the unembedding) scaled by 1000, so that the
+/// residual stream lies far outside the old fixed histogram range -4..12.
+fn scaled_model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = model_dir();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ftri-record-test-model-x1000");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, t) in st.tensors() {
+            let mut data = t.data().to_vec();
+            if name.contains("wte") {
+                for c in data.chunks_exact_mut(4) {
+                    let v = f32::from_le_bytes(c.try_into().unwrap()) * 1000.0;
+                    c.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            owned.push((name, t.dtype(), t.shape().to_vec(), data));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+            .iter()
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        dir
+    })
+}
+
+/// `ftri record` on the scaled model with automatic histogram ranges (no --hist-range).
+fn record_auto(corpus: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "record",
+        "--model",
+        scaled_model_dir().to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sites",
+        "blocks.*.mlp.hook_post,blocks.*.hook_resid_post",
+        "--ctx",
+        "16",
+        "--top-k",
+        "5",
+        "--hist-bins",
+        "16",
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "record failed: {err}");
+    err
+}
+
+/// Per site: the fraction of tokens counted in the underflow and overflow bins.
+fn tail_fractions(st: &RecordState) -> Vec<(String, f64)> {
+    st.sites
+        .iter()
+        .map(|s| {
+            let slots = s.hist.len() / s.units;
+            let tails: u64 = (0..s.units)
+                .map(|u| s.hist[u * slots] + s.hist[u * slots + slots - 1])
+                .sum();
+            let all: u64 = s.count.iter().sum();
+            (s.name.clone(), tails as f64 / all as f64)
+        })
+        .collect()
+}
+
+#[test]
+fn automatic_histogram_ranges_fit_each_site() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_text_corpus(tmp.path());
+    // the old fixed range: the scaled residual stream falls mostly in the tails
+    let fixed = tmp.path().join("fixed");
+    record_auto(&corpus, &fixed, &["--hist-range=-4,12"]);
+    let tails = tail_fractions(&load(&fixed));
+    let resid = tails
+        .iter()
+        .find(|t| t.0 == "blocks.1.hook_resid_post")
+        .unwrap();
+    assert!(resid.1 > 0.5, "{tails:?}");
+
+    let auto = tmp.path().join("auto");
+    record_auto(&corpus, &auto, &[]);
+    let atlas = Atlas::open(&auto).unwrap();
+    let m = &atlas.manifest;
+    assert!(m.settings.hist_auto);
+    let st = atlas.load_state().unwrap();
+    for (name, f) in tail_fractions(&st) {
+        assert!(f < 0.005, "{name}: {f} of the tokens in the tails");
+    }
+    let mut ranges = Vec::new();
+    for (si, s) in st.sites.iter().enumerate() {
+        let h = atlas.hist_spec(si);
+        assert_eq!(m.sites[si].hist, Some(h));
+        assert_eq!(s.spec, h);
+        assert_eq!(h.bins, 16);
+        // the range covers most of what was seen, and is not much wider
+        let lo = s.min.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+        let hi = s.max.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        assert!(
+            h.hi - h.lo < 4.0 * (hi - lo),
+            "{}: {h:?} for {lo}..{hi}",
+            s.name
+        );
+        ranges.push((s.name.clone(), h.lo, h.hi));
+    }
+    let r = |n: &str| ranges.iter().find(|r| r.0 == n).unwrap().clone();
+    let resid = r("blocks.1.hook_resid_post");
+    assert!(resid.1 < -4.0 || resid.2 > 12.0, "{ranges:?}");
+    let mlp = r("blocks.1.mlp.hook_post");
+    assert!(mlp.2 - mlp.1 < 4.0, "{ranges:?}");
+    // `show` presents each unit against its site's bins
+    let a = auto.to_str().unwrap();
+    for (neuron, (_, lo, hi)) in [("1.3", mlp), ("blocks.1.hook_resid_post:3", resid)] {
+        let j: serde_json::Value =
+            serde_json::from_str(&ok(&["show", "--atlas", a, "--neuron", neuron, "--json"]))
+                .unwrap();
+        let edges: Vec<f64> = j["histogram"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_f64().unwrap())
+            .collect();
+        assert_eq!((edges.len(), edges[0], edges[16]), (17, lo, hi), "{neuron}");
+        let text = ok(&["show", "--atlas", a, "--neuron", neuron]);
+        assert!(text.contains(&format!("histogram [{lo}, {hi})")), "{text}");
+    }
+    // the ranges do not depend on the batch size
+    let b1 = tmp.path().join("b1");
+    record_auto(&corpus, &b1, &["--batch", "1"]);
+    let b1 = Atlas::open(&b1).unwrap();
+    for si in 0..st.sites.len() {
+        assert_eq!(b1.hist_spec(si), atlas.hist_spec(si));
+    }
+    assert_same(&st, &b1.load_state().unwrap());
+}
+
+#[test]
+fn automatic_ranges_merge_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_text_corpus(tmp.path());
+    let single = tmp.path().join("single");
+    record_auto(&corpus, &single, &["--batch", "4"]);
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let out = tmp.path().join(format!("shard{i}"));
+        let spec = format!("{i}/3");
+        record_auto(&corpus, &out, &["--batch", "4", "--shard", &spec]);
+        shards.push(out);
+    }
+    // every shard chose its ranges from the corpus's first windows, not from its own documents
+    let one = Atlas::open(&single).unwrap();
+    for p in &shards {
+        assert_eq!(Atlas::open(p).unwrap().manifest.sites, one.manifest.sites);
+    }
+    let merged = tmp.path().join("merged");
+    let mut args = vec!["merge"];
+    args.extend(shards.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    ok(&args);
+    let (a, b) = (load(&single), load(&merged));
+    assert_same(&a, &b);
+    for (x, y) in a.sites.iter().zip(&b.sites) {
+        assert_eq!(x.spec, y.spec);
+        assert_eq!(x.hist, y.hist, "{}: histograms differ", x.name);
+    }
+    assert_eq!(
+        Atlas::open(&merged).unwrap().manifest.sites,
+        one.manifest.sites
+    );
+
+    // resume keeps the checkpoint's ranges
+    let out = tmp.path().join("resumed");
+    record_auto(&corpus, &out, &["--batch", "4", "--stop-after-docs", "7"]);
+    let cp = Atlas::open(&tmp.path().join("resumed.partial")).unwrap();
+    assert_eq!(cp.manifest.sites, one.manifest.sites);
+    let err = record_auto(&corpus, &out, &["--batch", "4", "--resume"]);
+    assert!(err.contains("resuming"), "{err}");
+    let r = load(&out);
+    assert_same(&a, &r);
+    for (x, y) in a.sites.iter().zip(&r.sites) {
+        assert_eq!(x.spec, y.spec);
+        assert_eq!(x.hist, y.hist, "{}: histograms differ", x.name);
+    }
+    // a checkpoint of a forced range is not resumed with automatic ranges
+    let forced = tmp.path().join("forced");
+    record_auto(
+        &corpus,
+        &forced,
+        &["--stop-after-docs", "3", "--hist-range=-4,12"],
+    );
+    let m = scaled_model_dir().to_str().unwrap();
+    user_err(
+        &[
+            "record",
+            "--model",
+            m,
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            forced.to_str().unwrap(),
+            "--sites",
+            "blocks.*.mlp.hook_post,blocks.*.hook_resid_post",
+            "--ctx",
+            "16",
+            "--top-k",
+            "5",
+            "--hist-bins",
+            "16",
+            "--resume",
+        ],
+        &["cannot resume", "different settings"],
+    );
+
+    // shards of different forced ranges, or of forced and automatic ranges, do not merge
+    let lo = tmp.path().join("lo");
+    let hi = tmp.path().join("hi");
+    record_auto(&corpus, &lo, &["--shard", "0/2", "--hist-range=-2,2"]);
+    record_auto(&corpus, &hi, &["--shard", "1/2", "--hist-range=-3,3"]);
+    let again = tmp.path().join("again");
+    let merge = |x: &Path, y: &Path| {
+        [
+            "merge".to_string(),
+            x.display().to_string(),
+            y.display().to_string(),
+            "--out".into(),
+            again.display().to_string(),
+        ]
+    };
+    let args = merge(&lo, &hi);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    user_err(
+        &args,
+        &["cannot merge", "different histogram ranges", "[-2, 2)"],
+    );
+    let args = merge(&lo, &shards[1]);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    user_err(&args, &["cannot merge", "different settings"]);
+    assert!(!again.exists());
+}

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use tensors::{Raw, TensorFile};
 
 pub const FORMAT: &str = "ftri-atlas";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: per-site histogram ranges (`sites[i].hist`, `S.hist_edges`). Format 1 atlases (one range
+/// in `settings.hist`) are still read.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
@@ -52,7 +54,13 @@ pub struct Settings {
     pub top_k: usize,
     pub context_before: usize,
     pub context_after: usize,
+    /// The histogram bins. Its range is every site's when `hist_auto` is false (`--hist-range
+    /// LO,HI`, and all format 1 atlases); with `hist_auto` each site has its own range in
+    /// `sites[i].hist`, and this one spans them all.
     pub hist: HistSpec,
+    /// Each site's histogram range was chosen from the first windows of the corpus.
+    #[serde(default)]
+    pub hist_auto: bool,
     /// `--max-tokens`: where reading the corpus stopped.
     #[serde(default)]
     pub max_tokens: Option<u64>,
@@ -68,10 +76,14 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SiteInfo {
     pub name: String,
     pub units: usize,
+    /// This site's histogram bins (absent in format 1 atlases, and in a manifest whose recording
+    /// has not chosen its ranges yet; `Atlas::hist_spec` resolves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hist: Option<HistSpec>,
 }
 
 /// Which shards of `count` an atlas holds (`indices`); absent for a whole-corpus atlas.
@@ -103,8 +115,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Copy the counters of `state` into the manifest.
+    /// Copy the counters and the sites' histogram ranges of `state` into the manifest.
     pub fn set_counts(&mut self, s: &RecordState) {
+        for (info, site) in self.sites.iter_mut().zip(&s.sites) {
+            info.hist = Some(site.spec);
+        }
+        if self.settings.hist_auto {
+            let specs = s.sites.iter().map(|site| site.spec);
+            if let Some(lo) = specs.clone().map(|h| h.lo).reduce(f64::min) {
+                self.settings.hist.lo = lo;
+            }
+            if let Some(hi) = specs.map(|h| h.hi).reduce(f64::max) {
+                self.settings.hist.hi = hi;
+            }
+        }
         self.tokens = s.tokens;
         self.docs = s.docs;
         self.windows = s.windows;
@@ -134,14 +158,40 @@ impl Manifest {
                 m.0.dtype, m.1.dtype
             ));
         }
-        if self.sites != other.sites {
+        let names = |m: &Manifest| {
+            m.sites
+                .iter()
+                .map(|s| (s.name.clone(), s.units))
+                .collect::<Vec<_>>()
+        };
+        if names(self) != names(other) {
             return Some("different hook points".into());
         }
-        if self.settings != other.settings {
+        // Everything but the histogram ranges, which are compared per site below.
+        let rest = |s: &Settings| Settings {
+            hist: HistSpec {
+                lo: 0.0,
+                hi: 0.0,
+                bins: s.hist.bins,
+            },
+            ..s.clone()
+        };
+        if rest(&self.settings) != rest(&other.settings) {
             return Some(format!(
                 "different settings ({:?} vs {:?})",
                 self.settings, other.settings
             ));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            // None: a new recording that has not chosen its ranges yet, which takes the other's
+            if let (Some(a), Some(b)) = (self.site_hist(i), other.site_hist(i)) {
+                if a != b {
+                    return Some(format!(
+                        "different histogram ranges ({}: [{}, {}) vs [{}, {}); record every shard with the same --hist-range, or with automatic ranges from the same corpus)",
+                        site.name, a.lo, a.hi, b.lo, b.hi
+                    ));
+                }
+            }
         }
         let key = |c: &CorpusInfo| {
             c.files
@@ -158,17 +208,35 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// Site `i`'s histogram bins, if known: its own, or the one range of a `--hist-range` or
+    /// format 1 recording.
+    pub fn site_hist(&self, i: usize) -> Option<HistSpec> {
+        self.sites[i]
+            .hist
+            .or((!self.settings.hist_auto).then_some(self.settings.hist))
+    }
+}
+
 const MANIFEST: &str = "manifest.json";
 const STATS: &str = "stats.safetensors";
 const TOPK: &str = "topk.safetensors";
 const TOKENIZER: &str = "tokenizer.json";
 
-fn stats_tensors(state: &RecordState, hist: &HistSpec) -> Vec<(String, Raw)> {
-    let mut t = vec![(
-        "hist_edges".to_string(),
-        Raw::new(&hist.edges(), &[hist.bins + 1]),
-    )];
+fn stats_tensors(state: &RecordState) -> Vec<(String, Raw)> {
+    let mut t = Vec::new();
+    // The shared edges, as format 1 wrote them, when every site has the same range.
+    if let Some(first) = state.sites.first() {
+        if state.sites.iter().all(|s| s.spec == first.spec) {
+            let h = first.spec;
+            t.push((
+                "hist_edges".to_string(),
+                Raw::new(&h.edges(), &[h.bins + 1]),
+            ));
+        }
+    }
     for s in &state.sites {
+        let hist = &s.spec;
         let u = s.units;
         let count: Vec<i64> = s.count.iter().map(|&c| c as i64).collect();
         let var: Vec<f64> = (0..u).map(|i| s.var(i)).collect();
@@ -182,6 +250,10 @@ fn stats_tensors(state: &RecordState, hist: &HistSpec) -> Vec<(String, Raw)> {
         t.push((format!("{n}.max"), Raw::new(&s.max, &[u])));
         t.push((format!("{n}.fire"), Raw::new(&fire, &[u])));
         t.push((format!("{n}.hist"), Raw::new(&hist_v, &[u, hist.slots()])));
+        t.push((
+            format!("{n}.hist_edges"),
+            Raw::new(&hist.edges(), &[hist.bins + 1]),
+        ));
     }
     t
 }
@@ -210,10 +282,7 @@ fn write_files(
 ) -> Result<()> {
     let io =
         |p: &Path, e: std::io::Error| user_error(format!("{}: cannot write: {e}", p.display()));
-    tensors::write(
-        &dir.join(STATS),
-        &stats_tensors(state, &manifest.settings.hist),
-    )?;
+    tensors::write(&dir.join(STATS), &stats_tensors(state))?;
     tensors::write(
         &dir.join(TOPK),
         &topk_tensors(state, &manifest.settings.top()),
@@ -300,6 +369,8 @@ pub fn remove_checkpoints(out: &Path) {
 pub struct UnitRecord {
     pub site: String,
     pub unit: usize,
+    /// The bins of `hist` (this unit's site's).
+    pub hist_spec: HistSpec,
     pub count: u64,
     pub mean: f64,
     pub var: f64,
@@ -359,6 +430,13 @@ impl Atlas {
             topk: TensorFile::open(&dir.join(TOPK))?,
             manifest,
         })
+    }
+
+    /// The histogram bins of site `si` (its own range, or the atlas's one range).
+    pub fn hist_spec(&self, si: usize) -> HistSpec {
+        self.manifest
+            .site_hist(si)
+            .unwrap_or(self.manifest.settings.hist)
     }
 
     pub fn tokenizer_path(&self) -> Option<PathBuf> {
@@ -442,11 +520,12 @@ impl Atlas {
 
     /// One unit's statistics and top examples: reads a few bytes from the mapped files.
     pub fn unit(&self, site: usize, u: usize) -> Result<UnitRecord> {
-        let SiteInfo { name, units } = &self.manifest.sites[site];
+        let SiteInfo { name, units, .. } = &self.manifest.sites[site];
         let n = *units;
         let st = &self.manifest.settings;
         let top = st.top();
-        let (k, l, slots) = (top.k, top.ctx_len(), st.hist.slots());
+        let hist_spec = self.hist_spec(site);
+        let (k, l, slots) = (top.k, top.ctx_len(), hist_spec.slots());
         let one = |f: &str| format!("{name}.{f}");
         let count = self.stats.read::<i64>(&one("count"), &[n], u, 1)?[0] as u64;
         let acts = self.topk.read::<f32>(&one("top_act"), &[n, k], u * k, k)?;
@@ -470,6 +549,7 @@ impl Atlas {
         Ok(UnitRecord {
             site: name.clone(),
             unit: u,
+            hist_spec,
             count,
             mean: self.stats.read::<f64>(&one("mean"), &[n], u, 1)?[0],
             var: self.stats.read::<f64>(&one("var"), &[n], u, 1)?[0],
@@ -511,7 +591,7 @@ impl Atlas {
     }
 
     pub fn column_f64(&self, site: usize, field: &str) -> Result<Vec<f64>> {
-        let SiteInfo { name, units } = &self.manifest.sites[site];
+        let SiteInfo { name, units, .. } = &self.manifest.sites[site];
         let key = format!("{name}.{field}");
         let shape = [*units];
         Ok(match field {
@@ -535,11 +615,13 @@ impl Atlas {
     pub fn load_state(&self) -> Result<RecordState> {
         let st = &self.manifest.settings;
         let top = st.top();
-        let (k, l, slots) = (top.k, top.ctx_len(), st.hist.slots());
+        let (k, l) = (top.k, top.ctx_len());
         let m = &self.manifest;
         let mut sites = Vec::new();
-        for info in &m.sites {
+        for (si, info) in m.sites.iter().enumerate() {
             let (n, name) = (info.units, &info.name);
+            let spec = self.hist_spec(si);
+            let slots = spec.slots();
             let key = |f: &str| format!("{name}.{f}");
             let count: Vec<u64> = self
                 .stats
@@ -556,6 +638,7 @@ impl Atlas {
             sites.push(SiteState {
                 name: name.clone(),
                 units: n,
+                spec,
                 mean: self.stats.read_all(&key("mean"), &[n])?,
                 m2,
                 count,

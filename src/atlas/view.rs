@@ -45,7 +45,7 @@ pub struct UnitView {
 /// The view of unit record `r` of atlas `a`; contexts rendered with `tok` (the atlas's tokenizer).
 pub fn unit_view(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> UnitView {
     let before = a.manifest.settings.context_before;
-    let hist = &a.manifest.settings.hist;
+    let hist = &r.hist_spec;
     let n = r.hist.len();
     let top = r
         .top

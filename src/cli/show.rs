@@ -46,7 +46,7 @@ pub fn run(a: ShowArgs) -> Result<()> {
     if a.json {
         return print_json(&v);
     }
-    let h = &atlas.manifest.settings.hist;
+    let h = &atlas.hist_spec(si);
     println!("neuron {} ({} unit {})", v.neuron, r.site, r.unit);
     println!(
         "  tokens {}  mean {:.4}  std {:.4}  min {:.4}  max {:.4}  fire rate {:.4}",

@@ -10,8 +10,9 @@ pub mod state;
 use crate::corpus::{windows, Documents, Skip};
 use crate::model::{HookSet, Model, Site};
 use anyhow::{anyhow, Result};
-use candle_core::DType;
+use candle_core::{CpuStorage, DType, Storage};
 use state::{update_sites, HistSpec, Row, SiteState, TopSpec};
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,12 @@ pub struct Settings {
     /// Windows per forward pass.
     pub batch: usize,
     pub top: TopSpec,
+    /// The histogram bins, and with `hist_auto` false the range of every site.
     pub hist: HistSpec,
+    /// Choose each site's histogram range from the activations of the corpus's first
+    /// `CALIBRATION_WINDOWS` windows (see `HistSpec::around`) when the state has read no document
+    /// yet; a resumed state keeps its ranges.
+    pub hist_auto: bool,
     /// `(i, n)`: record only documents with `doc % n == i`.
     pub shard: Option<(usize, usize)>,
     /// Stop reading new documents once this many tokens were read.
@@ -93,6 +99,159 @@ struct Pending {
     tokens: Rc<Vec<u32>>,
 }
 
+/// Windows read ahead per batch: batches are picked among `batch × LOOKAHEAD` queued windows so
+/// that windows of similar length run together and little of the forward pass goes to padding.
+const LOOKAHEAD: usize = 16;
+
+/// Take the next batch of at most `batch` windows out of `pool`. With `all` (the corpus is done,
+/// or the pool is being drained for a checkpoint) the longest windows go first, so that the last
+/// batches are the sorted remainder; otherwise the run of `batch` windows of the most similar
+/// lengths (least padding), so that windows of unusual length wait for partners. Which windows
+/// share a batch never changes the statistics (beyond float summation order): every token is
+/// recorded once, and top-k ties are broken by (doc, pos), not by arrival.
+fn next_batch(pool: &mut Vec<Pending>, batch: usize, all: bool) -> Vec<Pending> {
+    pool.sort_by(|a, b| {
+        b.len
+            .cmp(&a.len)
+            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
+    });
+    let n = batch.min(pool.len());
+    let at = if all || pool.len() <= n {
+        0
+    } else {
+        // Sorted by decreasing length, a run's padding is (its first length × n) − its tokens.
+        let mut best = (usize::MAX, 0);
+        let mut sum: usize = pool[..n].iter().map(|w| w.len).sum();
+        for i in 0..=pool.len() - n {
+            if i > 0 {
+                sum = sum + pool[i + n - 1].len - pool[i - 1].len;
+            }
+            let waste = pool[i].len * n - sum;
+            if waste < best.0 {
+                best = (waste, i);
+            }
+        }
+        best.1
+    };
+    let mut b: Vec<Pending> = pool.drain(at..at + n).collect();
+    b.sort_by_key(|w| (w.doc, w.start));
+    b
+}
+
+/// Windows whose activations choose the histogram ranges (with `Settings::hist_auto`): the
+/// corpus's first, in reading order, whatever `--shard`, `--batch` or the thread count, so that
+/// every run over one corpus (each shard, each resume) gets the same ranges and merges exactly.
+pub const CALIBRATION_WINDOWS: usize = 8;
+
+fn in_shard(s: &Settings, doc: u64) -> bool {
+    s.shard.is_none_or(|(i, n)| doc % n as u64 == i as u64)
+}
+
+/// A document read ahead by the calibration, tokenized.
+type Ahead = (u64, std::result::Result<Rc<Vec<u32>>, Skip>);
+
+/// What the main loop knows of a document: its tokens (read ahead) or its text.
+enum Body {
+    Tokens(std::result::Result<Rc<Vec<u32>>, Skip>),
+    Text(std::result::Result<String, Skip>),
+}
+
+/// The calibration batch's activations, kept when it ran as one forward pass, so that its windows
+/// are recorded from them instead of being run again. A window is recorded once the main loop
+/// has reached its document (so checkpoints stay at document boundaries); windows of other shards
+/// are never recorded.
+struct Stash {
+    windows: Vec<Pending>,
+    /// Per window: still to be recorded here.
+    todo: Vec<bool>,
+    keys: HashSet<(u64, usize)>,
+    acts: Captured,
+}
+
+impl Stash {
+    fn covers(&self, doc: u64, start: usize) -> bool {
+        self.keys.contains(&(doc, start))
+    }
+
+    /// Record the windows of documents below `state.next_doc`; true when nothing is left.
+    fn flush(&mut self, s: &Settings, state: &mut RecordState) -> Result<bool> {
+        let ready: Vec<(usize, &Pending)> = (0..self.windows.len())
+            .filter(|&i| self.todo[i] && self.windows[i].doc < state.next_doc)
+            .map(|i| (i, &self.windows[i]))
+            .collect();
+        if !ready.is_empty() {
+            record_rows(s, state, &self.acts, &ready)?;
+            for (i, _) in ready {
+                self.todo[i] = false;
+            }
+        }
+        Ok(!self.todo.contains(&true))
+    }
+}
+
+/// Choose every site's histogram range from the first `CALIBRATION_WINDOWS` windows of the corpus.
+/// The documents read are queued in `ahead` for the main loop.
+fn calibrate(
+    model: &Model,
+    docs: &mut Documents,
+    s: &Settings,
+    state: &mut RecordState,
+    ahead: &mut VecDeque<Ahead>,
+) -> Result<Option<Stash>> {
+    let mut wins: Vec<Pending> = Vec::new();
+    while wins.len() < CALIBRATION_WINDOWS {
+        let Some(doc) = docs.next_doc()? else {
+            break;
+        };
+        let body = match doc.text {
+            Ok(t) => Ok(Rc::new(model.tokenizer.encode(&t)?)),
+            Err(e) => Err(e),
+        };
+        if let Ok(ids) = &body {
+            for w in windows(ids.len(), s.ctx).take(CALIBRATION_WINDOWS - wins.len()) {
+                wins.push(Pending {
+                    doc: doc.index,
+                    start: w.start,
+                    len: w.len,
+                    tokens: ids.clone(),
+                });
+            }
+        }
+        ahead.push_back((doc.index, body));
+    }
+    let n = state.sites.len();
+    let (mut lo, mut hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
+    let mut kept = None;
+    // In batches of the usual size, so that calibrating takes no more memory than recording.
+    for chunk in wins.chunks(s.batch.max(1)) {
+        let cap = forward(model, s, chunk)?;
+        cap.with_slices(|acts| {
+            for (si, a) in acts.iter().enumerate() {
+                let dim = state.sites[si].units;
+                for (bi, w) in chunk.iter().enumerate() {
+                    let rows = &a[bi * cap.t_len * dim..][..w.len * dim];
+                    for &v in rows.iter().filter(|v| v.is_finite()) {
+                        lo[si] = lo[si].min(v);
+                        hi[si] = hi[si].max(v);
+                    }
+                }
+            }
+        })?;
+        if chunk.len() == wins.len() {
+            kept = Some(cap);
+        }
+    }
+    for (si, site) in state.sites.iter_mut().enumerate() {
+        site.spec = HistSpec::around(lo[si], hi[si], site.spec.bins);
+    }
+    Ok(kept.map(|acts| Stash {
+        todo: wins.iter().map(|w| in_shard(s, w.doc)).collect(),
+        keys: wins.iter().map(|w| (w.doc, w.start)).collect(),
+        windows: wins,
+        acts,
+    }))
+}
+
 /// Record `docs` into `state`, resuming after `state.next_doc`. `progress` is called after every
 /// batch with the corpus bytes read; `checkpoint` at document boundaries every
 /// `checkpoint_every`, with every document below `state.next_doc` fully recorded.
@@ -104,31 +263,46 @@ pub fn run(
     mut progress: impl FnMut(&RecordState, u64),
     mut checkpoint: impl FnMut(&RecordState) -> Result<()>,
 ) -> Result<Outcome> {
-    let mut queue: std::collections::VecDeque<Pending> = Default::default();
+    let mut ahead: VecDeque<Ahead> = VecDeque::new();
+    let mut stash = None;
+    if s.hist_auto && state.next_doc == 0 && state.tokens == 0 {
+        stash = calibrate(model, docs, s, state, &mut ahead)?;
+    }
+    let mut pool: Vec<Pending> = Vec::new();
+    let lookahead = s.batch.saturating_mul(LOOKAHEAD);
     let mut tokens_read = state.tokens;
     let mut eof = false;
     let mut stop = false;
-    // While draining, no new documents are read, so that the queue empties at a document boundary.
+    // While draining, no new documents are read, so that the pool empties at a document boundary.
     let mut draining = false;
     let mut last_checkpoint = Instant::now();
     loop {
-        while !eof && !draining && queue.len() < s.batch {
-            let Some(doc) = docs.next_doc()? else {
-                eof = true;
-                break;
+        while !eof && !draining && pool.len() < lookahead {
+            let (index, body) = match ahead.pop_front() {
+                Some((index, ids)) => (index, Body::Tokens(ids)),
+                None => match docs.next_doc()? {
+                    Some(doc) => (doc.index, Body::Text(doc.text)),
+                    None => {
+                        eof = true;
+                        break;
+                    }
+                },
             };
-            if doc.index < state.next_doc {
+            if index < state.next_doc {
                 continue;
             }
-            state.next_doc = doc.index + 1;
-            if let Some((i, n)) = s.shard {
-                if doc.index % n as u64 != i as u64 {
-                    continue;
-                }
+            state.next_doc = index + 1;
+            if !in_shard(s, index) {
+                continue;
             }
-            let text = match doc.text {
-                Ok(t) => t,
-                Err(Skip::Empty) => {
+            let ids = match body {
+                Body::Tokens(ids) => ids,
+                Body::Text(Ok(text)) => Ok(Rc::new(model.tokenizer.encode(&text)?)),
+                Body::Text(Err(e)) => Err(e),
+            };
+            let ids = match ids {
+                Ok(ids) if !ids.is_empty() => ids,
+                Ok(_) | Err(Skip::Empty) => {
                     state.skipped_empty += 1;
                     continue;
                 }
@@ -137,16 +311,16 @@ pub fn run(
                     continue;
                 }
             };
-            let ids = model.tokenizer.encode(&text)?;
-            if ids.is_empty() {
-                state.skipped_empty += 1;
-                continue;
-            }
             tokens_read += ids.len() as u64;
-            let ids = Rc::new(ids);
             for w in windows(ids.len(), s.ctx) {
-                queue.push_back(Pending {
-                    doc: doc.index,
+                if stash
+                    .as_ref()
+                    .is_some_and(|st: &Stash| st.covers(index, w.start))
+                {
+                    continue;
+                }
+                pool.push(Pending {
+                    doc: index,
                     start: w.start,
                     len: w.len,
                     tokens: ids.clone(),
@@ -161,7 +335,12 @@ pub fn run(
                 draining = true;
             }
         }
-        if queue.is_empty() {
+        if let Some(st) = &mut stash {
+            if st.flush(s, state)? {
+                stash = None;
+            }
+        }
+        if pool.is_empty() {
             // At the end the caller writes the finished atlas; a checkpoint then would be wasted.
             if eof && !stop {
                 return Ok(Outcome::Finished);
@@ -176,9 +355,10 @@ pub fn run(
             }
             continue;
         }
-        let n = queue.len().min(s.batch);
-        let batch: Vec<Pending> = queue.drain(..n).collect();
-        record_batch(model, s, state, &batch)?;
+        let batch = next_batch(&mut pool, s.batch, eof || draining);
+        let cap = forward(model, s, &batch)?;
+        let all: Vec<(usize, &Pending)> = batch.iter().enumerate().collect();
+        record_rows(s, state, &cap, &all)?;
         progress(state, docs.bytes_read());
         if last_checkpoint.elapsed() >= s.checkpoint_every {
             draining = true;
@@ -186,12 +366,40 @@ pub fn run(
     }
 }
 
-fn record_batch(
-    model: &Model,
-    s: &Settings,
-    state: &mut RecordState,
-    batch: &[Pending],
-) -> Result<()> {
+/// The captured activations of one forward pass: per site [batch, t_len, dim].
+struct Captured {
+    sites: Vec<candle_core::Tensor>,
+    t_len: usize,
+}
+
+impl Captured {
+    /// Call `f` with each site's activations as one flat f32 slice: f32 CPU tensors are read in
+    /// place, anything else (other dtypes, devices) is copied.
+    fn with_slices<R>(&self, f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+        let storages: Vec<_> = self.sites.iter().map(|x| x.storage_and_layout()).collect();
+        let in_place = |st: &Storage, layout: &candle_core::Layout| -> bool {
+            matches!(st, Storage::Cpu(CpuStorage::F32(_))) && layout.contiguous_offsets().is_some()
+        };
+        let mut copies = Vec::new();
+        for (x, (st, layout)) in self.sites.iter().zip(&storages) {
+            if !in_place(st, layout) {
+                copies.push(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        let mut copies = copies.iter();
+        let acts: Vec<&[f32]> = storages
+            .iter()
+            .map(|(st, layout)| match (&**st, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((a, z))) => &v[a..z],
+                _ => copies.next().map(|c| c.as_slice()).unwrap_or(&[]),
+            })
+            .collect();
+        Ok(f(&acts))
+    }
+}
+
+/// Run `batch` through the model and take its activations at the recorded sites.
+fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
     let seqs: Vec<Vec<u32>> = batch
         .iter()
         .map(|w| w.tokens[w.start..w.start + w.len].to_vec())
@@ -199,30 +407,39 @@ fn record_batch(
     let b = model.batch(&seqs)?;
     let mut hooks = HookSet::capturing(s.sites.iter().copied());
     model.forward(&b, &mut hooks)?;
-    let mut acts = Vec::with_capacity(s.sites.len());
+    let mut sites = Vec::with_capacity(s.sites.len());
     let mut t_len = 0;
     for site in &s.sites {
         let x = hooks
             .take(*site)
             .ok_or_else(|| anyhow!("hook {site} was not reached"))?;
-        let (_, t, _) = x.dims3()?;
-        t_len = t;
-        acts.push(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        t_len = x.dims3()?.1;
+        sites.push(x);
     }
-    drop(hooks);
-    let mut rows = Vec::with_capacity(batch.iter().map(|w| w.len).sum());
-    for (bi, w) in batch.iter().enumerate() {
+    Ok(Captured { sites, t_len })
+}
+
+/// Fold the windows `wins` (each with its index in the forward pass that produced `cap`) into
+/// the state.
+fn record_rows(
+    s: &Settings,
+    state: &mut RecordState,
+    cap: &Captured,
+    wins: &[(usize, &Pending)],
+) -> Result<()> {
+    let mut rows = Vec::with_capacity(wins.iter().map(|w| w.1.len).sum());
+    for &(bi, w) in wins {
         for ti in 0..w.len {
             rows.push(Row {
-                offset: bi * t_len + ti,
+                offset: bi * cap.t_len + ti,
                 doc: w.doc,
                 pos: w.start + ti,
                 doc_tokens: &w.tokens,
             });
         }
     }
-    update_sites(&mut state.sites, &acts, &rows, &s.hist, &s.top);
+    cap.with_slices(|acts| update_sites(&mut state.sites, acts, &rows, &s.top))?;
     state.tokens += rows.len() as u64;
-    state.windows += batch.len() as u64;
+    state.windows += wins.len() as u64;
     Ok(())
 }

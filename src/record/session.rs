@@ -56,8 +56,8 @@ pub struct RecordSettings {
     /// Histogram bins (plus an underflow and an overflow bin)
     #[arg(long, default_value_t = 64)]
     pub hist_bins: usize,
-    /// Histogram range LO,HI
-    #[arg(long, default_value = "-4,12", allow_hyphen_values = true)]
+    /// Histogram range LO,HI for every site, or `auto`: each site's from the corpus's first windows
+    #[arg(long, default_value = "auto", allow_hyphen_values = true)]
     pub hist_range: String,
     /// Continue from the checkpoint OUT.partial of an interrupted run
     #[arg(long)]
@@ -86,7 +86,7 @@ impl Default for RecordSettings {
             context_before: 12,
             context_after: 4,
             hist_bins: 64,
-            hist_range: "-4,12".into(),
+            hist_range: "auto".into(),
             resume: false,
             force: false,
             checkpoint_every: 300,
@@ -115,7 +115,7 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 fn parse_range(s: &str) -> Result<(f64, f64)> {
     let bad = || {
         user_error(format!(
-            "bad --hist-range `{s}` (use LO,HI with LO < HI, e.g. -4,12)"
+            "bad --hist-range `{s}` (use auto, or LO,HI with LO < HI, e.g. -4,12)"
         ))
     };
     let (a, b) = s.split_once(',').ok_or_else(bad)?;
@@ -177,13 +177,20 @@ pub struct RecordSession {
     s: RecordSettings,
     shard: Option<(usize, usize)>,
     hist: HistSpec,
+    /// Each site's histogram range chosen from the corpus's first windows.
+    hist_auto: bool,
     top: TopSpec,
 }
 
 impl RecordSession {
     pub fn prepare(corpus: &[PathBuf], out: &Path, s: &RecordSettings) -> Result<Self> {
         let shard = s.shard.as_deref().map(parse_shard).transpose()?;
-        let (lo, hi) = parse_range(&s.hist_range)?;
+        let hist_auto = s.hist_range == "auto";
+        let (lo, hi) = if hist_auto {
+            super::state::DEFAULT_HIST_RANGE
+        } else {
+            parse_range(&s.hist_range)?
+        };
         if s.top_k == 0 || s.batch == 0 || s.hist_bins == 0 {
             user_bail!("--top-k, --batch and --hist-bins must be at least 1");
         }
@@ -207,6 +214,7 @@ impl RecordSession {
             out: out.to_path_buf(),
             s: s.clone(),
             shard,
+            hist_auto,
             hist: HistSpec {
                 lo,
                 hi,
@@ -247,6 +255,7 @@ impl RecordSession {
                 context_before: self.top.before,
                 context_after: self.top.after,
                 hist: self.hist,
+                hist_auto: self.hist_auto,
                 max_tokens: self.s.max_tokens,
             },
             sites: sites.to_vec(),
@@ -319,6 +328,7 @@ impl RecordSession {
             .map(|s| SiteInfo {
                 name: s.to_string(),
                 units: m.site_dim(*s),
+                hist: None,
             })
             .collect();
         let mut manifest = self.manifest(m, ctx, &infos)?;
@@ -329,6 +339,7 @@ impl RecordSession {
             batch: self.s.batch,
             top: self.top,
             hist: self.hist,
+            hist_auto: self.hist_auto,
             shard: self.shard,
             max_tokens: self.s.max_tokens,
             checkpoint_every: Duration::from_secs(self.s.checkpoint_every),
