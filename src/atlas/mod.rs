@@ -64,6 +64,10 @@ pub struct Settings {
     /// `--max-tokens`: where reading the corpus stopped.
     #[serde(default)]
     pub max_tokens: Option<u64>,
+    /// Special tokens may be top examples (`--include-special`); by default they count only in
+    /// the statistics.
+    #[serde(default)]
+    pub special_examples: bool,
 }
 
 impl Settings {

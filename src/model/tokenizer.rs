@@ -41,6 +41,11 @@ impl Tokenizer {
         self.special.contains(&id)
     }
 
+    /// The ids of every special token.
+    pub fn special_ids(&self) -> &std::collections::HashSet<u32> {
+        &self.special
+    }
+
     /// Token ids with the tokenizer's default special tokens (BOS for Llama, [CLS]/[SEP] for BERT).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self

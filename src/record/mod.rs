@@ -39,6 +39,9 @@ pub struct Settings {
     pub checkpoint_every: Duration,
     /// Testing aid: checkpoint and stop once this many documents were recorded (a simulated kill).
     pub stop_after_docs: Option<u64>,
+    /// Token ids never offered as top examples (the special tokens, unless kept on request);
+    /// their activations still count in every statistic.
+    pub not_examples: std::collections::HashSet<u32>,
 }
 
 /// Everything recorded so far, and where in the corpus the next document starts.
@@ -435,6 +438,7 @@ fn record_rows(
                 doc: w.doc,
                 pos: w.start + ti,
                 doc_tokens: &w.tokens,
+                example: !s.not_examples.contains(&w.tokens[w.start + ti]),
             });
         }
     }

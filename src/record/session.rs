@@ -68,6 +68,10 @@ pub struct RecordSettings {
     /// Seconds between checkpoints
     #[arg(long, default_value_t = 300)]
     pub checkpoint_every: u64,
+    /// Let special tokens (BOS, [CLS], [SEP], ...) be top examples; by default they only count in
+    /// the statistics
+    #[arg(long)]
+    pub include_special: bool,
     /// Testing aid: checkpoint and stop after this many documents, as if killed
     #[arg(long, hide = true)]
     pub stop_after_docs: Option<u64>,
@@ -90,6 +94,7 @@ impl Default for RecordSettings {
             resume: false,
             force: false,
             checkpoint_every: 300,
+            include_special: false,
             stop_after_docs: None,
         }
     }
@@ -257,6 +262,7 @@ impl RecordSession {
                 hist: self.hist,
                 hist_auto: self.hist_auto,
                 max_tokens: self.s.max_tokens,
+                special_examples: self.s.include_special,
             },
             sites: sites.to_vec(),
             shard: self.shard.map(|(i, n)| Shard {
@@ -344,6 +350,10 @@ impl RecordSession {
             max_tokens: self.s.max_tokens,
             checkpoint_every: Duration::from_secs(self.s.checkpoint_every),
             stop_after_docs: self.s.stop_after_docs,
+            not_examples: match self.s.include_special {
+                true => Default::default(),
+                false => m.tokenizer.special_ids().clone(),
+            },
         };
         let tokenizer_path = m.dir.join("tokenizer.json");
         let start = Instant::now();

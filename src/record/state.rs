@@ -285,6 +285,8 @@ pub struct Row<'a> {
     pub doc: u64,
     pub pos: usize,
     pub doc_tokens: &'a [u32],
+    /// Whether this token may become a top example (special tokens may not, by default).
+    pub example: bool,
 }
 
 /// Mutable view of a run of units of one site.
@@ -501,7 +503,7 @@ impl UnitsMut<'_> {
                 flush(self.hist, counts);
                 pending = 0;
             }
-            if hit {
+            if hit && row.example {
                 // Find the units that hit 16 at a time (a vector compare and a bit scan).
                 for b in (0..n).step_by(16) {
                     let e = (b + 16).min(n);
@@ -694,6 +696,7 @@ mod tests {
                 doc: 0,
                 pos: p,
                 doc_tokens: &doc,
+                example: true,
             })
             .collect();
         let mut st = SiteState::new("x".into(), units, &h, &top);
@@ -782,6 +785,7 @@ mod tests {
                 doc: 5,
                 pos: p,
                 doc_tokens: &doc,
+                example: true,
             })
             .collect();
         update_sites(std::slice::from_mut(&mut s), &[&acts[..]], &rows, &top);
@@ -797,6 +801,7 @@ mod tests {
             doc: 1,
             pos: 3,
             doc_tokens: &doc,
+            example: true,
         }];
         update_sites(std::slice::from_mut(&mut t), &[&[0.9][..]], &early, &top);
         s.merge(&t, &top);
