@@ -237,7 +237,7 @@ pub fn run_demo(
     let report = DemoReport {
         model: model.to_string(),
         atlas: atlas_dir.display().to_string(),
-        tokens: atlas.manifest.tokens,
+        tokens: atlas.manifest.counts.tokens,
         concepts,
     };
     crate::output::write_atomic(&out.join("report.json"), |tmp| {

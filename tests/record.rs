@@ -139,8 +139,8 @@ const TOL: f64 = 1e-4;
 /// histograms and fire counts up to values sitting on a bin edge, and top-k ranks with equal
 /// activations (the identities may differ only where two activations tie within tolerance).
 fn assert_same(a: &RecordState, b: &RecordState) {
-    assert_eq!(a.tokens, b.tokens, "tokens");
-    assert_eq!(a.docs, b.docs, "docs");
+    assert_eq!(a.counts.tokens, b.counts.tokens, "tokens");
+    assert_eq!(a.counts.docs, b.counts.docs, "docs");
     assert_eq!(a.sites.len(), b.sites.len());
     let mut identity_diffs = 0;
     for (x, y) in a.sites.iter().zip(&b.sites) {
@@ -274,8 +274,8 @@ fn record_matches_brute_force() {
         ]
     );
     let n_tokens: usize = bf.doc_tokens.iter().map(|d| d.len()).sum();
-    assert_eq!(st.tokens as usize, n_tokens);
-    assert_eq!(st.docs, 22);
+    assert_eq!(st.counts.tokens as usize, n_tokens);
+    assert_eq!(st.counts.docs, 22);
     let hist = atlas.manifest.settings.hist;
     for (s, units) in st.sites.iter().zip(&bf.acts) {
         for (u, all) in units.iter().enumerate() {
@@ -469,7 +469,7 @@ fn resume_after_interruption_equals_uninterrupted_run() {
     let partial = tmp.path().join("resumed.partial");
     let cp = Atlas::open(&partial).unwrap();
     assert!(!cp.manifest.complete);
-    assert_eq!(cp.manifest.docs, 7);
+    assert_eq!(cp.manifest.counts.docs, 7);
     let err = record(&[&corpus], &out, &["--batch", "3", "--resume"]);
     assert!(err.contains("resuming"), "{err}");
     assert!(!partial.exists(), "checkpoint removed once finished");
@@ -551,8 +551,8 @@ fn every_corpus_format_gives_the_same_atlas() {
     let two = tmp.path().join("two");
     record(&[&text, &jsonl], &two, &["--text-field", "body"]);
     let st = load(&two);
-    assert_eq!(st.docs, 2 * base.docs);
-    assert_eq!(st.next_doc, 2 * docs.len() as u64);
+    assert_eq!(st.counts.docs, 2 * base.counts.docs);
+    assert_eq!(st.counts.next_doc, 2 * docs.len() as u64);
     // wrong field names are reported with the file
     let out = tmp.path().join("bad");
     user_err(
@@ -627,7 +627,7 @@ fn show_and_atlas_present_a_unit() {
         "--json",
     ]))
     .unwrap();
-    assert_eq!(r["count"].as_u64().unwrap(), st.tokens);
+    assert_eq!(r["count"].as_u64().unwrap(), st.counts.tokens);
     let text = ok(&["show", "--atlas", a, "--neuron", "0.5"]);
     assert!(
         text.contains("neuron 0.5") && text.contains("top 5 examples"),
@@ -771,14 +771,17 @@ fn bad_record_input_is_one_line_exit_2() {
     let err = record(&[&mixed], &out, &[]);
     assert!(err.contains("1 non-UTF-8"), "{err}");
     let st = load(&out);
-    assert_eq!((st.docs, st.tokens, st.skipped_not_utf8), (2, 5, 1));
+    assert_eq!(
+        (st.counts.docs, st.counts.tokens, st.counts.skipped_not_utf8),
+        (2, 5, 1)
+    );
     // an existing atlas is not overwritten without --force
     user_err(
         &["record", "--model", m, "--corpus", c, "--out", o],
         &["already exists"],
     );
     record(&[&corpus], &out, &["--force"]);
-    assert_eq!(load(&out).docs, 22);
+    assert_eq!(load(&out).counts.docs, 22);
 }
 
 /// The test model with its token embeddings (tied to the unembedding) scaled by 1000, so that the

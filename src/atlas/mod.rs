@@ -9,7 +9,7 @@ use crate::corpus::CorpusFile;
 use crate::error::user_error;
 use crate::model::UnitId;
 use crate::record::state::{HistSpec, SiteState, TopSpec};
-use crate::record::RecordState;
+use crate::record::{Counters, RecordState};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -109,13 +109,9 @@ pub struct Manifest {
     pub settings: Settings,
     pub sites: Vec<SiteInfo>,
     pub shard: Option<Shard>,
-    pub tokens: u64,
-    pub docs: u64,
-    pub windows: u64,
-    pub skipped_empty: u64,
-    pub skipped_not_utf8: u64,
-    /// Documents numbered below this are recorded (or belong to another shard).
-    pub next_doc: u64,
+    /// Tokens, documents and windows read, documents skipped, and where the next one starts.
+    #[serde(flatten)]
+    pub counts: Counters,
 }
 
 impl Manifest {
@@ -133,12 +129,7 @@ impl Manifest {
                 self.settings.hist.hi = hi;
             }
         }
-        self.tokens = s.tokens;
-        self.docs = s.docs;
-        self.windows = s.windows;
-        self.skipped_empty = s.skipped_empty;
-        self.skipped_not_utf8 = s.skipped_not_utf8;
-        self.next_doc = s.next_doc;
+        self.counts = s.counts;
     }
 
     /// Why `other` cannot be combined with (or resumed as) this atlas, if it cannot.
@@ -668,12 +659,7 @@ impl Atlas {
         }
         Ok(RecordState {
             sites,
-            tokens: m.tokens,
-            docs: m.docs,
-            windows: m.windows,
-            skipped_empty: m.skipped_empty,
-            skipped_not_utf8: m.skipped_not_utf8,
-            next_doc: m.next_doc,
+            counts: m.counts,
         })
     }
 }

@@ -44,7 +44,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &mut |line| eprintln!("{line}"),
         &mut |e| {
             if let Event::Progress { state, .. } = e {
-                bar.set_message(format!("{} tokens", state.tokens));
+                bar.set_message(format!("{} tokens", state.counts.tokens));
             }
         },
     )?;

@@ -26,8 +26,8 @@ pub fn run(a: MergeArgs) -> Result<()> {
         "merged {} atlases ({}; {} tokens, {} documents) → {}",
         a.atlases.len(),
         shards,
-        manifest.tokens,
-        manifest.docs,
+        manifest.counts.tokens,
+        manifest.counts.docs,
         a.out.display()
     );
     Ok(())

@@ -54,7 +54,7 @@ pub fn run(a: RecordArgs) -> Result<()> {
             bar.set_position(bytes);
             bar.set_message(format!(
                 "{} tokens, {tokens_per_s:.0} tokens/s",
-                state.tokens
+                state.counts.tokens
             ));
         }
     })?;

@@ -48,6 +48,13 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct RecordState {
     pub sites: Vec<SiteState>,
+    pub counts: Counters,
+}
+
+/// How much of the corpus a recording has read: kept in the state while recording and in the
+/// atlas manifest afterwards (the same struct, flattened into the manifest's JSON).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
     pub tokens: u64,
     pub docs: u64,
     pub windows: u64,
@@ -57,6 +64,18 @@ pub struct RecordState {
     pub next_doc: u64,
 }
 
+impl Counters {
+    /// The counters of two recordings over other documents of one corpus, together.
+    pub fn add(&mut self, o: &Counters) {
+        self.tokens += o.tokens;
+        self.docs += o.docs;
+        self.windows += o.windows;
+        self.skipped_empty += o.skipped_empty;
+        self.skipped_not_utf8 += o.skipped_not_utf8;
+        self.next_doc = self.next_doc.max(o.next_doc);
+    }
+}
+
 impl RecordState {
     pub fn new(sites: &[(String, usize)], hist: &HistSpec, top: &TopSpec) -> Self {
         Self {
@@ -64,12 +83,7 @@ impl RecordState {
                 .iter()
                 .map(|(n, u)| SiteState::new(n.clone(), *u, hist, top))
                 .collect(),
-            tokens: 0,
-            docs: 0,
-            windows: 0,
-            skipped_empty: 0,
-            skipped_not_utf8: 0,
-            next_doc: 0,
+            counts: Counters::default(),
         }
     }
 
@@ -78,12 +92,7 @@ impl RecordState {
         for (a, b) in self.sites.iter_mut().zip(&other.sites) {
             a.merge(b, top);
         }
-        self.tokens += other.tokens;
-        self.docs += other.docs;
-        self.windows += other.windows;
-        self.skipped_empty += other.skipped_empty;
-        self.skipped_not_utf8 += other.skipped_not_utf8;
-        self.next_doc = self.next_doc.max(other.next_doc);
+        self.counts.add(&other.counts);
     }
 }
 
@@ -176,10 +185,10 @@ impl Stash {
         self.keys.contains(&(doc, start))
     }
 
-    /// Record the windows of documents below `state.next_doc`; true when nothing is left.
+    /// Record the windows of documents below `state.counts.next_doc`; true when nothing is left.
     fn flush(&mut self, s: &Settings, state: &mut RecordState) -> Result<bool> {
         let ready: Vec<(usize, &Pending)> = (0..self.windows.len())
-            .filter(|&i| self.todo[i] && self.windows[i].doc < state.next_doc)
+            .filter(|&i| self.todo[i] && self.windows[i].doc < state.counts.next_doc)
             .map(|i| (i, &self.windows[i]))
             .collect();
         if !ready.is_empty() {
@@ -255,9 +264,9 @@ fn calibrate(
     }))
 }
 
-/// Record `docs` into `state`, resuming after `state.next_doc`. `progress` is called after every
+/// Record `docs` into `state`, resuming after `state.counts.next_doc`. `progress` is called after every
 /// batch with the corpus bytes read; `checkpoint` at document boundaries every
-/// `checkpoint_every`, with every document below `state.next_doc` fully recorded.
+/// `checkpoint_every`, with every document below `state.counts.next_doc` fully recorded.
 pub fn run(
     model: &Model,
     docs: &mut Documents,
@@ -268,12 +277,12 @@ pub fn run(
 ) -> Result<Outcome> {
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut stash = None;
-    if s.hist_auto && state.next_doc == 0 && state.tokens == 0 {
+    if s.hist_auto && state.counts.next_doc == 0 && state.counts.tokens == 0 {
         stash = calibrate(model, docs, s, state, &mut ahead)?;
     }
     let mut pool: Vec<Pending> = Vec::new();
     let lookahead = s.batch.saturating_mul(LOOKAHEAD);
-    let mut tokens_read = state.tokens;
+    let mut tokens_read = state.counts.tokens;
     let mut eof = false;
     let mut stop = false;
     // While draining, no new documents are read, so that the pool empties at a document boundary.
@@ -291,10 +300,10 @@ pub fn run(
                     }
                 },
             };
-            if index < state.next_doc {
+            if index < state.counts.next_doc {
                 continue;
             }
-            state.next_doc = index + 1;
+            state.counts.next_doc = index + 1;
             if !in_shard(s, index) {
                 continue;
             }
@@ -306,11 +315,11 @@ pub fn run(
             let ids = match ids {
                 Ok(ids) if !ids.is_empty() => ids,
                 Ok(_) | Err(Skip::Empty) => {
-                    state.skipped_empty += 1;
+                    state.counts.skipped_empty += 1;
                     continue;
                 }
                 Err(Skip::NotUtf8) => {
-                    state.skipped_not_utf8 += 1;
+                    state.counts.skipped_not_utf8 += 1;
                     continue;
                 }
             };
@@ -329,11 +338,11 @@ pub fn run(
                     tokens: ids.clone(),
                 });
             }
-            state.docs += 1;
+            state.counts.docs += 1;
             if s.max_tokens.is_some_and(|m| tokens_read >= m) {
                 eof = true;
             }
-            if s.stop_after_docs.is_some_and(|m| state.docs >= m) {
+            if s.stop_after_docs.is_some_and(|m| state.counts.docs >= m) {
                 stop = true;
                 draining = true;
             }
@@ -443,7 +452,7 @@ fn record_rows(
         }
     }
     cap.with_slices(|acts| update_sites(&mut state.sites, acts, &rows, &s.top))?;
-    state.tokens += rows.len() as u64;
-    state.windows += wins.len() as u64;
+    state.counts.tokens += rows.len() as u64;
+    state.counts.windows += wins.len() as u64;
     Ok(())
 }

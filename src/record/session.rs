@@ -269,12 +269,7 @@ impl RecordSession {
                 count: n,
                 indices: vec![i],
             }),
-            tokens: 0,
-            docs: 0,
-            windows: 0,
-            skipped_empty: 0,
-            skipped_not_utf8: 0,
-            next_doc: 0,
+            counts: Default::default(),
         })
     }
 
@@ -314,7 +309,7 @@ impl RecordSession {
         }
         events(Event::Resumed {
             checkpoint: &dir,
-            next_doc: cp.manifest.next_doc,
+            next_doc: cp.manifest.counts.next_doc,
         });
         cp.load_state()
     }
@@ -357,7 +352,7 @@ impl RecordSession {
         };
         let tokenizer_path = m.dir.join("tokenizer.json");
         let start = Instant::now();
-        let tokens_before = state.tokens;
+        let tokens_before = state.counts.tokens;
         let mut docs = self.corpus.documents();
         let out = &self.out;
         let outcome = super::run(
@@ -370,7 +365,7 @@ impl RecordSession {
                 events(Event::Progress {
                     state: s,
                     bytes,
-                    tokens_per_s: (s.tokens - tokens_before) as f64 / secs,
+                    tokens_per_s: (s.counts.tokens - tokens_before) as f64 / secs,
                 })
             },
             |s| {
@@ -381,11 +376,11 @@ impl RecordSession {
         )?;
         if outcome == Outcome::Stopped {
             return Ok(Ended::Stopped {
-                docs: state.docs,
+                docs: state.counts.docs,
                 checkpoint: atlas::checkpoint_dir(out),
             });
         }
-        if state.tokens == 0 {
+        if state.counts.tokens == 0 {
             atlas::remove_checkpoints(out);
             user_bail!(
                 "{}: no text to record ({} empty and {} non-UTF-8 documents skipped{})",
@@ -394,8 +389,8 @@ impl RecordSession {
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
-                state.skipped_empty,
-                state.skipped_not_utf8,
+                state.counts.skipped_empty,
+                state.counts.skipped_not_utf8,
                 if self.shard.is_some() {
                     " in this shard"
                 } else {
@@ -414,15 +409,15 @@ impl RecordSession {
         let secs = start.elapsed().as_secs_f64();
         Ok(Ended::Finished(RecordSummary {
             atlas: out.display().to_string(),
-            tokens: state.tokens,
-            docs: state.docs,
-            windows: state.windows,
-            skipped_empty: state.skipped_empty,
-            skipped_not_utf8: state.skipped_not_utf8,
+            tokens: state.counts.tokens,
+            docs: state.counts.docs,
+            windows: state.counts.windows,
+            skipped_empty: state.counts.skipped_empty,
+            skipped_not_utf8: state.counts.skipped_not_utf8,
             sites: manifest.sites.len(),
             units: manifest.sites.iter().map(|s| s.units).sum(),
             seconds: secs,
-            tokens_per_s: (state.tokens - tokens_before) as f64 / secs.max(1e-9),
+            tokens_per_s: (state.counts.tokens - tokens_before) as f64 / secs.max(1e-9),
             peak_rss_mib: crate::sys::peak_rss_bytes() as f64 / (1024.0 * 1024.0),
         }))
     }

@@ -31,9 +31,9 @@ pub(super) async fn info(State(s): State<Shared>) -> ApiResult {
         "settings": m.settings,
         "sites": m.sites,
         "shard": m.shard,
-        "tokens": m.tokens,
-        "docs": m.docs,
-        "windows": m.windows,
+        "tokens": m.counts.tokens,
+        "docs": m.counts.docs,
+        "windows": m.counts.windows,
         "tokenizer": s.tok.is_some(),
         "loaded_model": s.model_id,
         "limits": {
