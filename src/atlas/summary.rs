@@ -41,9 +41,9 @@ pub struct AtlasSummary {
 pub fn summary(a: &Atlas, top: usize) -> Result<AtlasSummary> {
     let mut sites = Vec::new();
     for (si, info) in a.manifest.sites.iter().enumerate() {
-        let fire = a.column_f64(si, "fire")?;
-        let var = a.column_f64(si, "var")?;
-        let max = a.column_f64(si, "max")?;
+        let fire = a.column_f64(si, crate::atlas::Field::Fire)?;
+        let var = a.column_f64(si, crate::atlas::Field::Var)?;
+        let max = a.column_f64(si, crate::atlas::Field::Max)?;
         let n = info.units;
         let rates = a.fire_rates(si)?;
         let selectivity = a.selectivity(si)?;

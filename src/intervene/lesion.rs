@@ -99,7 +99,7 @@ pub fn build(
                 a.dir.display()
             ))
         })?;
-        Ok(a.column_f64(si, "mean")?
+        Ok(a.column_f64(si, crate::atlas::Field::Mean)?
             .into_iter()
             .map(|x| x as f32)
             .collect())

@@ -231,8 +231,8 @@ fn site_moments(atlas: &crate::atlas::Atlas, site: Site, d: usize) -> Result<(Ve
             atlas.dir.display()
         ))
     })?;
-    let mean = atlas.column_f64(si, "mean")?;
-    let var = atlas.column_f64(si, "var")?;
+    let mean = atlas.column_f64(si, crate::atlas::Field::Mean)?;
+    let var = atlas.column_f64(si, crate::atlas::Field::Var)?;
     if mean.len() != d {
         return Err(user_error(format!(
             "{}: {site} has {} units, the model {d}",

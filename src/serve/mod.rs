@@ -127,9 +127,9 @@ impl AppState {
             .and_then(|p| Tokenizer::from_file(&p).ok());
         let mut cols = Vec::new();
         for (si, info) in atlas.manifest.sites.iter().enumerate() {
-            let var = atlas.column_f64(si, "var")?;
-            let max = atlas.column_f64(si, "max")?;
-            let mean = atlas.column_f64(si, "mean")?;
+            let var = atlas.column_f64(si, crate::atlas::Field::Var)?;
+            let max = atlas.column_f64(si, crate::atlas::Field::Max)?;
+            let mean = atlas.column_f64(si, crate::atlas::Field::Mean)?;
             let std: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
             let fire_rate = atlas.fire_rates(si)?;
             let selectivity = atlas.selectivity(si)?;
