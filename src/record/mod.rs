@@ -6,15 +6,17 @@
 
 pub mod session;
 pub mod state;
+pub mod update;
 
 use crate::corpus::{windows, Documents, Skip};
 use crate::model::{HookSet, Model, Site};
 use anyhow::{anyhow, Result};
 use candle_core::{CpuStorage, DType, Storage};
-use state::{update_sites, HistSpec, Row, SiteState, TopSpec};
+use state::{HistSpec, SiteState, TopSpec};
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use update::{update_sites, Row};
 
 pub use state::NO_TOKEN;
 
