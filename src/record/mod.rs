@@ -1,8 +1,13 @@
 //! The `record` stage: run a model over a corpus and keep, for every unit of the chosen hook
 //! points, mergeable statistics and its top-k examples, without holding the corpus's activations.
 //!
-//! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations.
+//! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations
+//! (and the token ids of the windows read ahead to batch similar lengths together).
 //! Writing the state to disk is the caller's job (the atlas stage), through `checkpoint`.
+//!
+//! Invariants: every token of every recorded document is folded in exactly once; which windows
+//! share a forward pass, the batch size and the thread count change nothing but float summation
+//! order; at each checkpoint every document below `next_doc` is fully recorded and none above.
 
 pub mod state;
 
@@ -100,7 +105,7 @@ struct Pending {
 
 /// Windows read ahead per batch: batches are picked among `batch × LOOKAHEAD` queued windows so
 /// that windows of similar length run together and little of the forward pass goes to padding.
-const LOOKAHEAD: usize = 16;
+const LOOKAHEAD: usize = 32;
 
 /// Take the next batch of at most `batch` windows out of `pool`. With `all` (the corpus is done,
 /// or the pool is being drained for a checkpoint) the longest windows go first, so that the last
