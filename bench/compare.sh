@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks against the PyTorch/transformers way of doing the same job, alternating
-# runs on the same machine (it is noisy: compare medians). Needs a python with torch+transformers:
-#   PY=/path/to/venv/bin/python bench/compare.sh [RUNS]
-# Builds the GPT-2-small-shaped random checkpoint and the benchmark corpus if absent.
+# Speed and memory of `ftri record` against the forward pass alone (`ftri bench`, the same model
+# and batch shape: 8 windows of 128 tokens, all 12 `mlp.hook_post`), and side by side with the
+# PyTorch/transformers way of doing the same two jobs when the python given has torch and
+# transformers. Runs alternate on the same machine (it is noisy: compare medians).
+#   [PY=/path/to/venv/bin/python] bench/compare.sh [RUNS]
+# Builds the GPT-2-small-shaped random checkpoint and the benchmark corpus (bench/make_corpus.py:
+# real-ish text, documents of 7–400 tokens) under target/bench/ if absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"; RUNS="${1:-3}"; W="${WORK:-target/bench}"
@@ -10,22 +13,40 @@ mkdir -p "$W"
 cargo build --release -q
 F=target/release/ftri
 [ -d "$W/gpt2-small" ] || $F plant --preset gpt2-small --out "$W/gpt2-small"
-[ -f "$W/corpus.txt" ] || "$PY" bench/make_corpus.py --out "$W/corpus.txt"
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+[ -f "$W/corpus.txt" ] || python3 bench/make_corpus.py --out "$W/corpus.txt"
+TORCH=0
+if "$PY" -c "import torch, transformers" 2>/dev/null; then TORCH=1; else
+  echo "($PY has no torch/transformers: ftri figures only)" >&2; fi
+IMPLS=ftri; [ $TORCH = 1 ] && IMPLS="ftri torch"
+rm -f "$W"/fwd-*.json "$W"/rec-*.json
 for i in $(seq "$RUNS"); do
-  $F bench --model "$W/gpt2-small" --batches 6 --json 2>/dev/null > "$W/fwd-ftri-$i.json"
-  "$PY" bench/reference_forward.py --model "$W/gpt2-small" --batches 6 2>/dev/null > "$W/fwd-torch-$i.json"
-  $F record --model "$W/gpt2-small" --corpus "$W/corpus.txt" --out "$W/atlas" --top-k 8 --threads 2 --force --json 2>/dev/null > "$W/rec-ftri-$i.json"
-  "$PY" bench/reference_record.py --model "$W/gpt2-small" --corpus "$W/corpus.txt" --k 8 --threads 2 2>/dev/null > "$W/rec-torch-$i.json"
+  $F bench --model "$W/gpt2-small" --batch 8 --seq 128 --batches 6 --json 2>/dev/null > "$W/fwd-ftri-$i.json"
+  if [ $TORCH = 1 ]; then
+    "$PY" bench/reference_forward.py --model "$W/gpt2-small" --batch 8 --seq 128 --batches 6 2>/dev/null > "$W/fwd-torch-$i.json"
+  fi
+  $F record --model "$W/gpt2-small" --corpus "$W/corpus.txt" --out "$W/atlas" --ctx 128 --batch 8 --top-k 8 \
+    --threads 2 --force --json 2>/dev/null > "$W/rec-ftri-$i.json"
+  if [ $TORCH = 1 ]; then
+    "$PY" bench/reference_record.py --model "$W/gpt2-small" --corpus "$W/corpus.txt" --ctx 128 --batch 8 --k 8 \
+      --threads 2 2>/dev/null > "$W/rec-torch-$i.json"
+  fi
 done
-report() {
-  local what=$1
-  for impl in ftri torch; do
-    tps=$(for f in "$W/$what-$impl"-*.json; do "$PY" -c "import json; print(json.load(open('$f'))['tokens_per_s'])"; done | median)
-    rss=$(for f in "$W/$what-$impl"-*.json; do "$PY" -c "import json; print(json.load(open('$f'))['peak_rss_mib'])"; done | median)
-    printf '%-8s %-6s median %7.0f tokens/s  peak RSS %6.0f MiB\n' "$what" "$impl" "$tps" "$rss"
-  done
+# median of field $3 over the runs of job $1 by implementation $2
+med() {
+  python3 - "$W" "$1" "$2" "$3" <<'PYEOF'
+import glob, json, statistics, sys
+w, job, impl, field = sys.argv[1:]
+print(statistics.median(json.load(open(f))[field] for f in glob.glob(f"{w}/{job}-{impl}-*.json")))
+PYEOF
 }
-report fwd
-report rec
-for f in "$W"/fwd-ftri-1.json "$W"/fwd-torch-1.json; do "$PY" -c "import json; d=json.load(open('$f')); print('$f'.split('/')[-1], 'matmul', round(d['matmul_gflops']), 'GFLOP/s')"; done
+for job in fwd rec; do
+  for impl in $IMPLS; do
+    printf '%-4s %-6s median %7.0f tokens/s  peak RSS %6.0f MiB\n' "$job" "$impl" \
+      "$(med $job $impl tokens_per_s)" "$(med $job $impl peak_rss_mib)"
+  done
+done
+python3 -c "print('record / forward (ftri): %.0f %%' % (100 * $(med rec ftri tokens_per_s) / $(med fwd ftri tokens_per_s)))"
+if [ $TORCH = 1 ]; then
+  python3 -c "print('record ftri / torch: %.2fx speed, %.2fx memory' % ($(med rec ftri tokens_per_s) / $(med rec torch tokens_per_s), $(med rec ftri peak_rss_mib) / $(med rec torch peak_rss_mib)))"
+fi
+python3 -c "import json; print('matmul', round(json.load(open('$W/fwd-ftri-1.json'))['matmul_gflops']), 'GFLOP/s')"

@@ -7,7 +7,7 @@ documents are short and some span several `--ctx 128` windows), and every word o
 is mapped to `w{rank}` by its frequency rank in that file, so token frequencies follow the text's
 Zipf law. With `--from ''`: documents of --min..--max uniformly random words (the old corpus).
 
-    python bench/make_corpus.py --out corpus.txt [--from data/demo_corpus.txt] [--docs 160]
+    python bench/make_corpus.py --out corpus.txt [--from data/demo_corpus.txt] [--docs 480]
         [--max-lines 40] [--seed 0]
 """
 import argparse, collections, math, random, re
@@ -17,7 +17,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--from", dest="source", default="data/demo_corpus.txt")
-    ap.add_argument("--docs", type=int, default=160)
+    ap.add_argument("--docs", type=int, default=480)
     ap.add_argument("--max-lines", type=int, default=40)
     ap.add_argument("--min", type=int, default=32)
     ap.add_argument("--max", type=int, default=64)

@@ -1,11 +1,12 @@
 """PyTorch reference for `ftri record`: the same job written the way a researcher would.
 
-GPT2Model + forward pre-hooks on every `mlp.c_proj` (whose input is `mlp.hook_post`), batches of
-documents (one per line, right-padded), and per neuron: count, sum and sum of squares (float64),
+GPT2Model + forward pre-hooks on every `mlp.c_proj` (whose input is `mlp.hook_post`), documents
+(one per line) cut into consecutive windows of --ctx tokens as `ftri record --ctx` does, batches of
+windows in reading order (right-padded), and per neuron: count, sum and sum of squares (float64),
 min, max, fire count, a 64-bin histogram, and the top-k activations with (doc, pos) kept by
 merging each batch into the running top-k with `torch.topk`. Prints tokens/s and peak RSS as JSON.
 
-    python bench/reference_record.py --model DIR --corpus corpus.txt [--k 8] [--batch 8] [--threads 2]
+    python bench/reference_record.py --model DIR --corpus corpus.txt [--ctx 128] [--k 8] [--batch 8] [--threads 2]
 """
 import argparse, json, resource, time
 
@@ -17,6 +18,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--corpus", required=True)
+    ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
@@ -26,6 +28,7 @@ def main():
     model = transformers.GPT2Model.from_pretrained(a.model, torch_dtype=torch.float32).eval()
     docs = [line.rstrip("\n") for line in open(a.corpus, encoding="utf-8")]
     docs = [(i, d) for i, d in enumerate(docs) if d.strip()]
+    ctx = min(a.ctx, model.config.n_positions)
     captured = []
     for block in model.h:
         block.mlp.c_proj.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
@@ -44,9 +47,14 @@ def main():
     top_pos = torch.full((L, K, D), -1, dtype=torch.int64)
 
     start = time.perf_counter()
-    for b in range(0, len(docs), a.batch):
-        chunk = docs[b:b + a.batch]
-        ids = [tok(d)["input_ids"][: model.config.n_positions] for _, d in chunk]
+    # (doc, first position, token ids) of every window, in reading order
+    wins = []
+    for i, d in docs:
+        t = tok(d)["input_ids"]
+        wins += [(i, s, t[s:s + ctx]) for s in range(0, len(t), ctx)]
+    for b in range(0, len(wins), a.batch):
+        chunk = wins[b:b + a.batch]
+        ids = [w for _, _, w in chunk]
         T = max(len(x) for x in ids)
         input_ids = torch.tensor([x + [0] * (T - len(x)) for x in ids])
         mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
@@ -54,8 +62,8 @@ def main():
         with torch.inference_mode():
             model(input_ids=input_ids, attention_mask=mask)
             valid = mask.bool()
-            doc_of = torch.tensor([i for i, _ in chunk])[:, None].expand(-1, T)[valid]
-            pos_of = torch.arange(T)[None, :].expand(len(chunk), -1)[valid]
+            doc_of = torch.tensor([i for i, _, _ in chunk])[:, None].expand(-1, T)[valid]
+            pos_of = (torch.tensor([s for _, s, _ in chunk])[:, None] + torch.arange(T)[None, :])[valid]
             count += int(valid.sum())
             for l, h in enumerate(captured):
                 x = h[valid]  # [N, D]

@@ -1,8 +1,13 @@
 //! The `record` stage: run a model over a corpus and keep, for every unit of the chosen hook
 //! points, mergeable statistics and its top-k examples, without holding the corpus's activations.
 //!
-//! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations.
+//! Memory is the per-unit state (O(units × k)) plus one batch of windows and their activations
+//! (and the token ids of the windows read ahead to batch similar lengths together).
 //! Writing the state to disk is the caller's job (the atlas stage), through `checkpoint`.
+//!
+//! Invariants: every token of every recorded document is folded in exactly once; which windows
+//! share a forward pass, the batch size and the thread count change nothing but float summation
+//! order; at each checkpoint every document below `next_doc` is fully recorded and none above.
 
 pub mod session;
 pub mod state;
@@ -115,7 +120,7 @@ struct Pending {
 
 /// Windows read ahead per batch: batches are picked among `batch × LOOKAHEAD` queued windows so
 /// that windows of similar length run together and little of the forward pass goes to padding.
-const LOOKAHEAD: usize = 16;
+const LOOKAHEAD: usize = 32;
 
 /// Take the next batch of at most `batch` windows out of `pool`. With `all` (the corpus is done,
 /// or the pool is being drained for a checkpoint) the longest windows go first, so that the last
@@ -170,16 +175,16 @@ enum Body {
     Text(std::result::Result<String, Skip>),
 }
 
-/// The calibration batch's activations, kept when it ran as one forward pass, so that its windows
-/// are recorded from them instead of being run again. A window is recorded once the main loop
-/// has reached its document (so checkpoints stay at document boundaries); windows of other shards
-/// are never recorded.
+/// The calibration windows' activations, kept when `--batch` holds them all, so that they are
+/// recorded from them instead of being run again. A window is recorded once the main loop has
+/// reached its document (so checkpoints stay at document boundaries); windows of other shards are
+/// never recorded.
 struct Stash {
-    windows: Vec<Pending>,
-    /// Per window: still to be recorded here.
-    todo: Vec<bool>,
+    /// The forward passes: their windows (with the index in the pass) and activations.
+    parts: Vec<(Vec<(usize, Pending)>, Captured)>,
+    /// Per part and window: still to be recorded here.
+    todo: Vec<Vec<bool>>,
     keys: HashSet<(u64, usize)>,
-    acts: Captured,
 }
 
 impl Stash {
@@ -189,18 +194,48 @@ impl Stash {
 
     /// Record the windows of documents below `state.counts.next_doc`; true when nothing is left.
     fn flush(&mut self, s: &Settings, state: &mut RecordState) -> Result<bool> {
-        let ready: Vec<(usize, &Pending)> = (0..self.windows.len())
-            .filter(|&i| self.todo[i] && self.windows[i].doc < state.counts.next_doc)
-            .map(|i| (i, &self.windows[i]))
-            .collect();
-        if !ready.is_empty() {
-            record_rows(s, state, &self.acts, &ready)?;
-            for (i, _) in ready {
-                self.todo[i] = false;
+        for ((wins, cap), todo) in self.parts.iter().zip(&mut self.todo) {
+            let ready: Vec<usize> = (0..wins.len())
+                .filter(|&i| todo[i] && wins[i].1.doc < state.counts.next_doc)
+                .collect();
+            if !ready.is_empty() {
+                let rows: Vec<(usize, &Pending)> =
+                    ready.iter().map(|&i| (wins[i].0, &wins[i].1)).collect();
+                record_rows(s, state, cap, &rows)?;
+                for i in ready {
+                    todo[i] = false;
+                }
             }
         }
-        Ok(!self.todo.contains(&true))
+        Ok(!self.todo.iter().flatten().any(|&t| t))
     }
+}
+
+/// Split windows sorted by decreasing length into runs of at most `batch` that cost the fewest
+/// padded tokens (counting each forward pass as `per_pass` tokens more). Returns the run lengths.
+fn split_sorted(lens: &[usize], batch: usize, per_pass: usize) -> Vec<usize> {
+    // best[i]: cost of the first i windows; from[i]: where its last run starts
+    let n = lens.len();
+    let mut best = vec![usize::MAX; n + 1];
+    let mut from = vec![0; n + 1];
+    best[0] = 0;
+    for i in 1..=n {
+        for j in i.saturating_sub(batch.max(1))..i {
+            let c = best[j] + lens[j] * (i - j) + per_pass;
+            if c < best[i] {
+                best[i] = c;
+                from[i] = j;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut i = n;
+    while i > 0 {
+        runs.push(i - from[i]);
+        i = from[i];
+    }
+    runs.reverse();
+    runs
 }
 
 /// Choose every site's histogram range from the first `CALIBRATION_WINDOWS` windows of the corpus.
@@ -233,37 +268,67 @@ fn calibrate(
         }
         ahead.push_back((doc.index, body));
     }
+    // Kept only when all of them fit in one batch, so that calibrating takes no more memory
+    // than recording; run in passes of similar lengths, as the main loop does.
+    let keep = s.batch >= wins.len();
+    wins.sort_by(|a, b| {
+        b.len
+            .cmp(&a.len)
+            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
+    });
+    let lens: Vec<usize> = wins.iter().map(|w| w.len).collect();
     let n = state.sites.len();
     let (mut lo, mut hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
-    let mut kept = None;
-    // In batches of the usual size, so that calibrating takes no more memory than recording.
-    for chunk in wins.chunks(s.batch.max(1)) {
-        let cap = forward(model, s, chunk)?;
+    let mut parts: Vec<(Vec<(usize, Pending)>, Captured)> = Vec::new();
+    let mut rest = wins.into_iter();
+    for run in split_sorted(&lens, s.batch, 16) {
+        let chunk: Vec<Pending> = rest.by_ref().take(run).collect();
+        let cap = forward(model, s, &chunk)?;
         cap.with_slices(|acts| {
             for (si, a) in acts.iter().enumerate() {
                 let dim = state.sites[si].units;
                 for (bi, w) in chunk.iter().enumerate() {
                     let rows = &a[bi * cap.t_len * dim..][..w.len * dim];
-                    for &v in rows.iter().filter(|v| v.is_finite()) {
-                        lo[si] = lo[si].min(v);
-                        hi[si] = hi[si].max(v);
-                    }
+                    let (l, h) = finite_range(rows);
+                    lo[si] = lo[si].min(l);
+                    hi[si] = hi[si].max(h);
                 }
             }
         })?;
-        if chunk.len() == wins.len() {
-            kept = Some(cap);
+        if keep {
+            parts.push((chunk.into_iter().enumerate().collect(), cap));
         }
     }
     for (si, site) in state.sites.iter_mut().enumerate() {
         site.spec = HistSpec::around(lo[si], hi[si], site.spec.bins);
     }
-    Ok(kept.map(|acts| Stash {
-        todo: wins.iter().map(|w| in_shard(s, w.doc)).collect(),
-        keys: wins.iter().map(|w| (w.doc, w.start)).collect(),
-        windows: wins,
-        acts,
+    if !keep {
+        return Ok(None);
+    }
+    Ok(Some(Stash {
+        todo: parts
+            .iter()
+            .map(|(w, _)| w.iter().map(|(_, w)| in_shard(s, w.doc)).collect())
+            .collect(),
+        keys: parts
+            .iter()
+            .flat_map(|(w, _)| w.iter().map(|(_, w)| (w.doc, w.start)))
+            .collect(),
+        parts,
     }))
+}
+
+/// The least and greatest finite values of `x` (±inf when there are none).
+fn finite_range(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in x {
+        // NaN and ±inf fail both tests
+        let v_lo = if v.is_finite() { v } else { f32::INFINITY };
+        let v_hi = if v.is_finite() { v } else { f32::NEG_INFINITY };
+        lo = if v_lo < lo { v_lo } else { lo };
+        hi = if v_hi > hi { v_hi } else { hi };
+    }
+    (lo, hi)
 }
 
 /// Record `docs` into `state`, resuming after `state.counts.next_doc`. `progress` is called after every
@@ -457,4 +522,19 @@ fn record_rows(
     state.counts.tokens += rows.len() as u64;
     state.counts.windows += wins.len() as u64;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_sorted;
+
+    #[test]
+    fn calibration_passes_group_similar_lengths() {
+        // the bench corpus's first windows, sorted
+        let lens = [128, 128, 128, 128, 54, 47, 24, 9];
+        assert_eq!(split_sorted(&lens, 8, 16), vec![4, 2, 2]);
+        assert_eq!(split_sorted(&lens, 2, 16), vec![2, 2, 2, 2]);
+        assert_eq!(split_sorted(&[5, 5, 5], 8, 16), vec![3]);
+        assert_eq!(split_sorted(&[], 8, 16), Vec::<usize>::new());
+    }
 }
