@@ -3,8 +3,8 @@
 //! counters — and the one rule for which atlases may be merged or resumed together.
 
 use crate::corpus::CorpusFile;
-use crate::record::state::{HistSpec, TopSpec};
-use crate::record::{Counters, RecordState};
+use crate::record::state::HistSpec;
+use crate::record::{Counters, RecordState, Recording};
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: &str = "ftri-atlas";
@@ -39,39 +39,6 @@ fn default_dtype() -> String {
     "f32".into()
 }
 
-/// Everything that changes what is recorded; atlases merge only when these agree.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Settings {
-    pub ctx: usize,
-    pub top_k: usize,
-    pub context_before: usize,
-    pub context_after: usize,
-    /// The histogram bins. Its range is every site's when `hist_auto` is false (`--hist-range
-    /// LO,HI`, and all format 1 atlases); with `hist_auto` each site has its own range in
-    /// `sites[i].hist`, and this one spans them all.
-    pub hist: HistSpec,
-    /// Each site's histogram range was chosen from the first windows of the corpus.
-    #[serde(default)]
-    pub hist_auto: bool,
-    /// `--max-tokens`: where reading the corpus stopped.
-    #[serde(default)]
-    pub max_tokens: Option<u64>,
-    /// Special tokens may be top examples (`--include-special`); by default they count only in
-    /// the statistics.
-    #[serde(default)]
-    pub special_examples: bool,
-}
-
-impl Settings {
-    pub fn top(&self) -> TopSpec {
-        TopSpec {
-            k: self.top_k,
-            before: self.context_before,
-            after: self.context_after,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SiteInfo {
     pub name: String,
@@ -98,7 +65,7 @@ pub struct Manifest {
     pub complete: bool,
     pub model: ModelInfo,
     pub corpus: CorpusInfo,
-    pub settings: Settings,
+    pub settings: Recording,
     pub sites: Vec<SiteInfo>,
     pub shard: Option<Shard>,
     /// Tokens, documents and windows read, documents skipped, and where the next one starts.
@@ -155,7 +122,7 @@ impl Manifest {
             return Some("different hook points".into());
         }
         // Everything but the histogram ranges, which are compared per site below.
-        let rest = |s: &Settings| Settings {
+        let rest = |s: &Recording| Recording {
             hist: HistSpec {
                 lo: 0.0,
                 hi: 0.0,

@@ -25,24 +25,53 @@ use update::{update_sites, Row};
 
 pub use state::NO_TOKEN;
 
+/// What a recording keeps and how, as its atlas stores it (`manifest.settings`): everything
+/// that changes what is recorded, so atlases merge or resume only when these agree.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Recording {
+    pub ctx: usize,
+    pub top_k: usize,
+    pub context_before: usize,
+    pub context_after: usize,
+    /// The histogram bins. Its range is every site's when `hist_auto` is false (`--hist-range
+    /// LO,HI`, and all format 1 atlases); with `hist_auto` each site has its own range in
+    /// `sites[i].hist`, and this one spans them all.
+    pub hist: HistSpec,
+    /// Each site's histogram range was chosen from the first windows of the corpus.
+    #[serde(default)]
+    pub hist_auto: bool,
+    /// `--max-tokens`: where reading the corpus stopped.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Special tokens may be top examples (`--include-special`); by default they count only in
+    /// the statistics.
+    #[serde(default)]
+    pub special_examples: bool,
+}
+
+impl Recording {
+    pub fn top(&self) -> TopSpec {
+        TopSpec {
+            k: self.top_k,
+            before: self.context_before,
+            after: self.context_after,
+        }
+    }
+}
+
+/// How one run records: what it keeps (`recorded`, stored in the atlas) and how it runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Window length, top-k and context, histogram bins and ranges (`hist_auto`: each site's
+    /// range from the activations of the corpus's first `CALIBRATION_WINDOWS` windows when the
+    /// state has read no document yet; a resumed state keeps its ranges), `max_tokens` (stop
+    /// reading new documents once this many tokens were read).
+    pub recorded: Recording,
     pub sites: Vec<Site>,
-    /// Window length in tokens.
-    pub ctx: usize,
     /// Windows per forward pass.
     pub batch: usize,
-    pub top: TopSpec,
-    /// The histogram bins, and with `hist_auto` false the range of every site.
-    pub hist: HistSpec,
-    /// Choose each site's histogram range from the activations of the corpus's first
-    /// `CALIBRATION_WINDOWS` windows (see `HistSpec::around`) when the state has read no document
-    /// yet; a resumed state keeps its ranges.
-    pub hist_auto: bool,
     /// `(i, n)`: record only documents with `doc % n == i`.
     pub shard: Option<(usize, usize)>,
-    /// Stop reading new documents once this many tokens were read.
-    pub max_tokens: Option<u64>,
     pub checkpoint_every: Duration,
     /// Testing aid: checkpoint and stop once this many documents were recorded (a simulated kill).
     pub stop_after_docs: Option<u64>,
@@ -257,7 +286,7 @@ fn calibrate(
             Err(e) => Err(e),
         };
         if let Ok(ids) = &body {
-            for w in windows(ids.len(), s.ctx).take(CALIBRATION_WINDOWS - wins.len()) {
+            for w in windows(ids.len(), s.recorded.ctx).take(CALIBRATION_WINDOWS - wins.len()) {
                 wins.push(Pending {
                     doc: doc.index,
                     start: w.start,
@@ -344,7 +373,7 @@ pub fn run(
 ) -> Result<Outcome> {
     let mut ahead: VecDeque<Ahead> = VecDeque::new();
     let mut stash = None;
-    if s.hist_auto && state.counts.next_doc == 0 && state.counts.tokens == 0 {
+    if s.recorded.hist_auto && state.counts.next_doc == 0 && state.counts.tokens == 0 {
         stash = calibrate(model, docs, s, state, &mut ahead)?;
     }
     let mut pool: Vec<Pending> = Vec::new();
@@ -391,7 +420,7 @@ pub fn run(
                 }
             };
             tokens_read += ids.len() as u64;
-            for w in windows(ids.len(), s.ctx) {
+            for w in windows(ids.len(), s.recorded.ctx) {
                 if stash
                     .as_ref()
                     .is_some_and(|st: &Stash| st.covers(index, w.start))
@@ -406,7 +435,7 @@ pub fn run(
                 });
             }
             state.counts.docs += 1;
-            if s.max_tokens.is_some_and(|m| tokens_read >= m) {
+            if s.recorded.max_tokens.is_some_and(|m| tokens_read >= m) {
                 eof = true;
             }
             if s.stop_after_docs.is_some_and(|m| state.counts.docs >= m) {
@@ -518,7 +547,7 @@ fn record_rows(
             });
         }
     }
-    cap.with_slices(|acts| update_sites(&mut state.sites, acts, &rows, &s.top))?;
+    cap.with_slices(|acts| update_sites(&mut state.sites, acts, &rows, &s.recorded.top()))?;
     state.counts.tokens += rows.len() as u64;
     state.counts.windows += wins.len() as u64;
     Ok(())

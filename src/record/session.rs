@@ -8,7 +8,7 @@
 //! records with a model. What happens along the way reaches the caller as [`Event`]s.
 
 use super::state::{HistSpec, TopSpec};
-use super::{Outcome, RecordState, Settings};
+use super::{Outcome, RecordState, Recording, Settings};
 use crate::atlas::{self, Atlas, CorpusInfo, Manifest, ModelInfo, Shard, SiteInfo};
 use crate::corpus::Corpus;
 use crate::error::user_error;
@@ -233,6 +233,20 @@ impl RecordSession {
         })
     }
 
+    /// What this session keeps, with windows of `ctx` tokens: the settings its atlas stores.
+    fn recording(&self, ctx: usize) -> Recording {
+        Recording {
+            ctx,
+            top_k: self.top.k,
+            context_before: self.top.before,
+            context_after: self.top.after,
+            hist: self.hist,
+            hist_auto: self.hist_auto,
+            max_tokens: self.s.max_tokens,
+            special_examples: self.s.include_special,
+        }
+    }
+
     fn manifest(&self, m: &Model, ctx: usize, sites: &[SiteInfo]) -> Result<Manifest> {
         Ok(Manifest {
             format: atlas::FORMAT.into(),
@@ -254,16 +268,7 @@ impl RecordSession {
                 files: self.corpus.describe()?,
                 text_field: self.s.text_field.clone(),
             },
-            settings: atlas::Settings {
-                ctx,
-                top_k: self.top.k,
-                context_before: self.top.before,
-                context_after: self.top.after,
-                hist: self.hist,
-                hist_auto: self.hist_auto,
-                max_tokens: self.s.max_tokens,
-                special_examples: self.s.include_special,
-            },
+            settings: self.recording(ctx),
             sites: sites.to_vec(),
             shard: self.shard.map(|(i, n)| Shard {
                 count: n,
@@ -335,14 +340,10 @@ impl RecordSession {
         let mut manifest = self.manifest(m, ctx, &infos)?;
         let mut state = self.start_state(&manifest, events)?;
         let settings = Settings {
+            recorded: manifest.settings.clone(),
             sites,
-            ctx,
             batch: self.s.batch,
-            top: self.top,
-            hist: self.hist,
-            hist_auto: self.hist_auto,
             shard: self.shard,
-            max_tokens: self.s.max_tokens,
             checkpoint_every: Duration::from_secs(self.s.checkpoint_every),
             stop_after_docs: self.s.stop_after_docs,
             not_examples: match self.s.include_special {
