@@ -45,7 +45,16 @@ for job in fwd rec; do
       "$(med $job $impl tokens_per_s)" "$(med $job $impl peak_rss_mib)"
   done
 done
-python3 -c "print('record / forward (ftri): %.0f %%' % (100 * $(med rec ftri tokens_per_s) / $(med fwd ftri tokens_per_s)))"
+python3 - "$W" "$RUNS" <<'PYEOF'
+import json, statistics, sys
+w, runs = sys.argv[1], int(sys.argv[2])
+tps = lambda job, i: json.load(open(f"{w}/{job}-ftri-{i}.json"))["tokens_per_s"]
+pairs = [tps("rec", i) / tps("fwd", i) for i in range(1, runs + 1)]
+print("record / forward (ftri): %.0f %% (medians), %.0f %% (median of the runs' ratios: %s)" % (
+    100 * statistics.median(tps("rec", i) for i in range(1, runs + 1))
+    / statistics.median(tps("fwd", i) for i in range(1, runs + 1)),
+    100 * statistics.median(pairs), ", ".join("%.0f" % (100 * p) for p in pairs)))
+PYEOF
 if [ $TORCH = 1 ]; then
   python3 -c "print('record ftri / torch: %.2fx speed, %.2fx memory' % ($(med rec ftri tokens_per_s) / $(med rec torch tokens_per_s), $(med rec ftri peak_rss_mib) / $(med rec torch peak_rss_mib)))"
 fi

@@ -1036,3 +1036,57 @@ fn automatic_ranges_merge_and_resume_exactly() {
     user_err(&args, &["cannot merge", "different settings"]);
     assert!(!again.exists());
 }
+
+#[test]
+fn format_1_atlases_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_text_corpus(tmp.path());
+    let out = tmp.path().join("atlas");
+    record(&[&corpus], &out, &[]);
+    // what format 1 wrote: one range in settings.hist, none per site, no hist_auto
+    let mp = out.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    m["format_version"] = 1.into();
+    m["settings"].as_object_mut().unwrap().remove("hist_auto");
+    for s in m["sites"].as_array_mut().unwrap() {
+        s.as_object_mut().unwrap().remove("hist");
+    }
+    std::fs::write(&mp, m.to_string()).unwrap();
+    let a = Atlas::open(&out).unwrap();
+    assert!(!a.manifest.settings.hist_auto);
+    let h = a.hist_spec(2);
+    assert_eq!((h.lo, h.hi, h.bins), (-2.0, 2.0, 16));
+    let j: serde_json::Value = serde_json::from_str(&ok(&[
+        "show",
+        "--atlas",
+        out.to_str().unwrap(),
+        "--neuron",
+        "1.17",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(j["histogram"]["edges"][0], -2.0);
+    assert_eq!(j["histogram"]["edges"][16], 2.0);
+    // and merge with a format 2 shard of the same range
+    let s0 = tmp.path().join("s0");
+    let s1 = tmp.path().join("s1");
+    record(&[&corpus], &s0, &["--shard", "0/2"]);
+    record(&[&corpus], &s1, &["--shard", "1/2"]);
+    std::fs::write(
+        s0.join("manifest.json"),
+        std::fs::read_to_string(s0.join("manifest.json"))
+            .unwrap()
+            .replace("\"format_version\": 2", "\"format_version\": 1"),
+    )
+    .unwrap();
+    let merged = tmp.path().join("merged");
+    ok(&[
+        "merge",
+        s0.to_str().unwrap(),
+        s1.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_same(&load(&out), &load(&merged));
+}
