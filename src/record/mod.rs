@@ -9,6 +9,7 @@
 //! share a forward pass, the batch size and the thread count change nothing but float summation
 //! order; at each checkpoint every document below `next_doc` is fully recorded and none above.
 
+mod calibrate;
 pub mod session;
 pub mod state;
 pub mod update;
@@ -16,12 +17,15 @@ pub mod update;
 use crate::corpus::{windows, Documents, Skip};
 use crate::model::{HookSet, Model, Site};
 use anyhow::{anyhow, Result};
+use calibrate::{calibrate, Ahead, Stash};
 use candle_core::{CpuStorage, DType, Storage};
 use state::{HistSpec, SiteState, TopSpec};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use update::{update_sites, Row};
+
+pub use calibrate::CALIBRATION_WINDOWS;
 
 pub use state::NO_TOKEN;
 
@@ -147,6 +151,15 @@ struct Pending {
     tokens: Rc<Vec<u32>>,
 }
 
+/// Sort windows by decreasing length, ties in reading order: the order batches are cut from.
+fn longest_first(wins: &mut [Pending]) {
+    wins.sort_by(|a, b| {
+        b.len
+            .cmp(&a.len)
+            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
+    });
+}
+
 /// Windows read ahead per batch: batches are picked among `batch × LOOKAHEAD` queued windows so
 /// that windows of similar length run together and little of the forward pass goes to padding.
 const LOOKAHEAD: usize = 32;
@@ -158,11 +171,7 @@ const LOOKAHEAD: usize = 32;
 /// share a batch never changes the statistics (beyond float summation order): every token is
 /// recorded once, and top-k ties are broken by (doc, pos), not by arrival.
 fn next_batch(pool: &mut Vec<Pending>, batch: usize, all: bool) -> Vec<Pending> {
-    pool.sort_by(|a, b| {
-        b.len
-            .cmp(&a.len)
-            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
-    });
+    longest_first(pool);
     let n = batch.min(pool.len());
     let at = if all || pool.len() <= n {
         0
@@ -186,178 +195,14 @@ fn next_batch(pool: &mut Vec<Pending>, batch: usize, all: bool) -> Vec<Pending> 
     b
 }
 
-/// Windows whose activations choose the histogram ranges (with `Settings::hist_auto`): the
-/// corpus's first, in reading order, whatever `--shard`, `--batch` or the thread count, so that
-/// every run over one corpus (each shard, each resume) gets the same ranges and merges exactly.
-pub const CALIBRATION_WINDOWS: usize = 8;
-
 fn in_shard(s: &Settings, doc: u64) -> bool {
     s.shard.is_none_or(|(i, n)| doc % n as u64 == i as u64)
 }
-
-/// A document read ahead by the calibration, tokenized.
-type Ahead = (u64, std::result::Result<Rc<Vec<u32>>, Skip>);
 
 /// What the main loop knows of a document: its tokens (read ahead) or its text.
 enum Body {
     Tokens(std::result::Result<Rc<Vec<u32>>, Skip>),
     Text(std::result::Result<String, Skip>),
-}
-
-/// The calibration windows' activations, kept when `--batch` holds them all, so that they are
-/// recorded from them instead of being run again. A window is recorded once the main loop has
-/// reached its document (so checkpoints stay at document boundaries); windows of other shards are
-/// never recorded.
-struct Stash {
-    /// The forward passes: their windows (with the index in the pass) and activations.
-    parts: Vec<(Vec<(usize, Pending)>, Captured)>,
-    /// Per part and window: still to be recorded here.
-    todo: Vec<Vec<bool>>,
-    keys: HashSet<(u64, usize)>,
-}
-
-impl Stash {
-    fn covers(&self, doc: u64, start: usize) -> bool {
-        self.keys.contains(&(doc, start))
-    }
-
-    /// Record the windows of documents below `state.counts.next_doc`; true when nothing is left.
-    fn flush(&mut self, s: &Settings, state: &mut RecordState) -> Result<bool> {
-        for ((wins, cap), todo) in self.parts.iter().zip(&mut self.todo) {
-            let ready: Vec<usize> = (0..wins.len())
-                .filter(|&i| todo[i] && wins[i].1.doc < state.counts.next_doc)
-                .collect();
-            if !ready.is_empty() {
-                let rows: Vec<(usize, &Pending)> =
-                    ready.iter().map(|&i| (wins[i].0, &wins[i].1)).collect();
-                record_rows(s, state, cap, &rows)?;
-                for i in ready {
-                    todo[i] = false;
-                }
-            }
-        }
-        Ok(!self.todo.iter().flatten().any(|&t| t))
-    }
-}
-
-/// Split windows sorted by decreasing length into runs of at most `batch` that cost the fewest
-/// padded tokens (counting each forward pass as `per_pass` tokens more). Returns the run lengths.
-fn split_sorted(lens: &[usize], batch: usize, per_pass: usize) -> Vec<usize> {
-    // best[i]: cost of the first i windows; from[i]: where its last run starts
-    let n = lens.len();
-    let mut best = vec![usize::MAX; n + 1];
-    let mut from = vec![0; n + 1];
-    best[0] = 0;
-    for i in 1..=n {
-        for j in i.saturating_sub(batch.max(1))..i {
-            let c = best[j] + lens[j] * (i - j) + per_pass;
-            if c < best[i] {
-                best[i] = c;
-                from[i] = j;
-            }
-        }
-    }
-    let mut runs = Vec::new();
-    let mut i = n;
-    while i > 0 {
-        runs.push(i - from[i]);
-        i = from[i];
-    }
-    runs.reverse();
-    runs
-}
-
-/// Choose every site's histogram range from the first `CALIBRATION_WINDOWS` windows of the corpus.
-/// The documents read are queued in `ahead` for the main loop.
-fn calibrate(
-    model: &Model,
-    docs: &mut Documents,
-    s: &Settings,
-    state: &mut RecordState,
-    ahead: &mut VecDeque<Ahead>,
-) -> Result<Option<Stash>> {
-    let mut wins: Vec<Pending> = Vec::new();
-    while wins.len() < CALIBRATION_WINDOWS {
-        let Some(doc) = docs.next_doc()? else {
-            break;
-        };
-        let body = match doc.text {
-            Ok(t) => Ok(Rc::new(model.tokenizer.encode(&t)?)),
-            Err(e) => Err(e),
-        };
-        if let Ok(ids) = &body {
-            for w in windows(ids.len(), s.recorded.ctx).take(CALIBRATION_WINDOWS - wins.len()) {
-                wins.push(Pending {
-                    doc: doc.index,
-                    start: w.start,
-                    len: w.len,
-                    tokens: ids.clone(),
-                });
-            }
-        }
-        ahead.push_back((doc.index, body));
-    }
-    // Kept only when all of them fit in one batch, so that calibrating takes no more memory
-    // than recording; run in passes of similar lengths, as the main loop does.
-    let keep = s.batch >= wins.len();
-    wins.sort_by(|a, b| {
-        b.len
-            .cmp(&a.len)
-            .then((a.doc, a.start).cmp(&(b.doc, b.start)))
-    });
-    let lens: Vec<usize> = wins.iter().map(|w| w.len).collect();
-    let n = state.sites.len();
-    let (mut lo, mut hi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
-    let mut parts: Vec<(Vec<(usize, Pending)>, Captured)> = Vec::new();
-    let mut rest = wins.into_iter();
-    for run in split_sorted(&lens, s.batch, 16) {
-        let chunk: Vec<Pending> = rest.by_ref().take(run).collect();
-        let cap = forward(model, s, &chunk)?;
-        cap.with_slices(|acts| {
-            for (si, a) in acts.iter().enumerate() {
-                let dim = state.sites[si].units;
-                for (bi, w) in chunk.iter().enumerate() {
-                    let rows = &a[bi * cap.t_len * dim..][..w.len * dim];
-                    let (l, h) = finite_range(rows);
-                    lo[si] = lo[si].min(l);
-                    hi[si] = hi[si].max(h);
-                }
-            }
-        })?;
-        if keep {
-            parts.push((chunk.into_iter().enumerate().collect(), cap));
-        }
-    }
-    for (si, site) in state.sites.iter_mut().enumerate() {
-        site.spec = HistSpec::around(lo[si], hi[si], site.spec.bins);
-    }
-    if !keep {
-        return Ok(None);
-    }
-    Ok(Some(Stash {
-        todo: parts
-            .iter()
-            .map(|(w, _)| w.iter().map(|(_, w)| in_shard(s, w.doc)).collect())
-            .collect(),
-        keys: parts
-            .iter()
-            .flat_map(|(w, _)| w.iter().map(|(_, w)| (w.doc, w.start)))
-            .collect(),
-        parts,
-    }))
-}
-
-/// The least and greatest finite values of `x` (±inf when there are none).
-fn finite_range(x: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &v in x {
-        // NaN and ±inf fail both tests
-        let v_lo = if v.is_finite() { v } else { f32::INFINITY };
-        let v_hi = if v.is_finite() { v } else { f32::NEG_INFINITY };
-        lo = if v_lo < lo { v_lo } else { lo };
-        hi = if v_hi > hi { v_hi } else { hi };
-    }
-    (lo, hi)
 }
 
 /// Record `docs` into `state`, resuming after `state.counts.next_doc`. `progress` is called after every
@@ -551,19 +396,4 @@ fn record_rows(
     state.counts.tokens += rows.len() as u64;
     state.counts.windows += wins.len() as u64;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_sorted;
-
-    #[test]
-    fn calibration_passes_group_similar_lengths() {
-        // the bench corpus's first windows, sorted
-        let lens = [128, 128, 128, 128, 54, 47, 24, 9];
-        assert_eq!(split_sorted(&lens, 8, 16), vec![4, 2, 2]);
-        assert_eq!(split_sorted(&lens, 2, 16), vec![2, 2, 2, 2]);
-        assert_eq!(split_sorted(&[5, 5, 5], 8, 16), vec![3]);
-        assert_eq!(split_sorted(&[], 8, 16), Vec::<usize>::new());
-    }
 }
