@@ -183,3 +183,11 @@ impl Model {
         self.net.forward(batch, hooks)
     }
 }
+
+/// A parity fixture's folder (tests/fixtures/NAME), for the unit tests of this stage.
+#[cfg(test)]
+pub(crate) fn test_fixture(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}

@@ -47,6 +47,18 @@ pub struct Embeddings {
     pub norm: Option<Norm>,
 }
 
+impl Embeddings {
+    /// Token embeddings only: no learned positions, token types or embedding norm.
+    pub fn tokens(tok: Tensor) -> Self {
+        Self {
+            tok,
+            pos: None,
+            token_type: None,
+            norm: None,
+        }
+    }
+}
+
 pub struct Transformer {
     pub cfg: ModelConfig,
     pub embed: Embeddings,

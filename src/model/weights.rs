@@ -324,11 +324,7 @@ mod tests {
     use crate::model::synth::{random_weights, vocab_with, write_checkpoint, SynthArch, SynthSpec};
     use crate::model::{LoadOptions, Model};
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
+    use crate::model::test_fixture as fixture;
 
     #[test]
     fn sampled_ranges_cover_both_ends_and_do_not_overlap() {

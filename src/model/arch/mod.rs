@@ -162,14 +162,8 @@ pub fn config_from_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_fixture as fixture;
     use candle_core::{DType, Device};
-    use std::path::PathBuf;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
 
     fn read_json(path: &Path) -> Value {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

@@ -68,12 +68,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
     let (d, m, eps) = (cfg.d_model, cfg.d_mlp, cfg.norm_eps);
     let (h, dh) = (cfg.n_heads, cfg.head_dim);
     let tok = ws.get("embed_in.weight", &[cfg.vocab_size, d])?;
-    let embed = Embeddings {
-        tok: tok.clone(),
-        pos: None,
-        token_type: None,
-        norm: None,
-    };
+    let embed = Embeddings::tokens(tok.clone());
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let p = format!("layers.{l}");
