@@ -63,12 +63,6 @@ pub struct NeuronDescription {
     pub reads_up: Option<Vec<TokenScore>>,
 }
 
-/// Parse `L.N` and check it against the model.
-pub fn parse_neuron(s: &str, m: &Model) -> Result<(usize, usize)> {
-    let n = crate::intervene::Neuron::parse(s, &m.cfg)?;
-    Ok((n.layer, n.index))
-}
-
 /// The dtype the products run in: f32 on the CPU (its half-precision matmuls are slow), the
 /// model's own on an accelerator.
 fn work_dtype(m: &Model) -> DType {

@@ -44,8 +44,8 @@ pub fn run(a: DescribeArgs) -> Result<()> {
     match (&a.neuron, &a.out) {
         (Some(n), _) => {
             let m = a.model.load()?;
-            let (layer, index) = d::parse_neuron(n, &m)?;
-            let desc = d::describe_neuron(&m, layer, index, a.top)?;
+            let n = crate::intervene::Neuron::parse(n, &m.cfg)?;
+            let desc = d::describe_neuron(&m, n.layer, n.index, a.top)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&desc)?);
             } else {
