@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod hooks;
 pub mod hub;
 pub mod kernels;
