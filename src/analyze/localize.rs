@@ -31,6 +31,10 @@ pub struct Finding {
     /// Paired designs: two-sided p of the Wilcoxon signed-rank test.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wilcoxon_p: Option<f64>,
+    /// The unit's mean response to the target and to the control stimuli (what a clamp at the
+    /// concept's level sets it to, e.g. the demo's steering).
+    pub target_mean: f64,
+    pub control_mean: f64,
 }
 
 /// Which preference a localizer lists.
@@ -235,6 +239,8 @@ pub fn contrast(
                 p: c.p,
                 q: 0.0,
                 wilcoxon_p: pairs.then(|| wilcoxon_p(&a, &b)),
+                target_mean: mean(&a),
+                control_mean: mean(&b),
             });
             col += 1;
         }
@@ -242,6 +248,10 @@ pub fn contrast(
     let q = bh_qvalues(&findings.iter().map(|f| f.p).collect::<Vec<_>>());
     findings.iter_mut().zip(q).for_each(|(f, q)| f.q = q);
     Ok(findings)
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
 /// The findings that show `direction`'s preference, best first (ties: smaller p, then unit order).

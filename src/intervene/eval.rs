@@ -18,12 +18,17 @@ pub struct EvalItem {
 pub fn read_eval(path: &Path) -> Result<Vec<EvalItem>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| user_error(format!("{}: cannot read: {e}", path.display())))?;
+    parse_eval(&text, &path.display().to_string())
+}
+
+/// The items of an evaluation set's text; `source` names it in errors (`FILE:LINE: …`).
+pub fn parse_eval(text: &str, source: &str) -> Result<Vec<EvalItem>> {
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let where_ = || format!("{}:{}", path.display(), i + 1);
+        let where_ = || format!("{source}:{}", i + 1);
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| user_error(format!("{}: not a JSON object: {e}", where_())))?;
         let field = |k: &str| -> Result<String> {
@@ -38,10 +43,7 @@ pub fn read_eval(path: &Path) -> Result<Vec<EvalItem>> {
         });
     }
     if items.is_empty() {
-        return Err(user_error(format!(
-            "{}: no evaluation lines",
-            path.display()
-        )));
+        return Err(user_error(format!("{source}: no evaluation lines")));
     }
     Ok(items)
 }
