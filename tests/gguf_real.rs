@@ -1,0 +1,97 @@
+//! Parity with transformers on the two real GGUF decoders (SmolLM2-135M-Instruct Q4_1 and
+//! Gemma-3-270M Q4_K_M, fetched by scripts/fetch_gguf.sh; references from
+//! scripts/make_gguf_real_refs.py): token ids, every hook point and the last position's logits.
+//! Skipped when a file is absent, unless `FTRI_REQUIRE_GGUF=1` (CI) makes that a failure.
+
+mod common;
+
+use common::{close, fixture, load_metadata, load_tensors};
+use ftri::model::{HookSet, LoadOptions, Model, Site};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+fn model_file(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("FTRI_REQUIRE_GGUF").as_deref() != Ok("1"),
+        "FTRI_REQUIRE_GGUF=1 but {} is absent (run scripts/fetch_gguf.sh)",
+        p.display()
+    );
+    eprintln!(
+        "NOTICE: skipping GGUF parity: {} is absent (run scripts/fetch_gguf.sh; FTRI_REQUIRE_GGUF=1 makes this a failure)",
+        p.display()
+    );
+    None
+}
+
+fn check(fixture_name: &str) {
+    let expected_path = fixture("gguf_real").join(fixture_name).join("expected.safetensors");
+    let meta = load_metadata(&expected_path);
+    let Some(file) = model_file(&meta["gguf"]) else {
+        return;
+    };
+    let bytes = std::fs::read(&file).unwrap();
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    drop(bytes);
+    assert_eq!(
+        sha,
+        meta["sha256"],
+        "{}: not the file the references were made from",
+        file.display()
+    );
+    let expected = load_tensors(&expected_path);
+    let model = Model::load(file.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let ids = model.encode(&meta["text"]).unwrap();
+    let want: Vec<i64> = expected["input_ids"].to_vec1().unwrap();
+    assert_eq!(
+        ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        want,
+        "token ids"
+    );
+    let mut hooks = HookSet::capturing(model.sites());
+    let logits = model
+        .forward(&model.batch(&[ids.clone()]).unwrap(), &mut hooks)
+        .unwrap()
+        .expect("logits");
+    let mut failures = vec![];
+    let mut checked = 0;
+    for (name, want) in &expected {
+        let got = match name.as_str() {
+            "input_ids" => continue,
+            "logits_last" => logits.get(0).unwrap().get(ids.len() - 1).unwrap(),
+            _ => {
+                let site = Site::parse(name).unwrap_or_else(|| panic!("unknown hook {name}"));
+                checked += 1;
+                hooks.get(site).unwrap().squeeze(0).unwrap()
+            }
+        };
+        let (diff, tol, ok) = close(&got, want);
+        if std::env::var("FTRI_PARITY_REPORT").as_deref() == Ok("1") {
+            eprintln!("{fixture_name} {name}: max|diff| {diff:.2e} (tol {tol:.2e})");
+        }
+        if !ok {
+            failures.push(format!("{name}: max|diff| {diff:.3e} > tol {tol:.3e}"));
+        }
+    }
+    assert_eq!(checked, model.sites().len(), "every hook point is checked");
+    assert!(failures.is_empty(), "{fixture_name}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn smollm2_q4_1_matches_transformers() {
+    check("smollm2");
+}
+
+#[test]
+fn gemma3_q4_k_m_matches_transformers() {
+    if !fixture("gguf_real").join("gemma3").exists() {
+        panic!("tests/fixtures/gguf_real/gemma3 is missing (scripts/make_gguf_real_refs.py gemma3)");
+    }
+    check("gemma3");
+}
