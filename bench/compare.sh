@@ -4,6 +4,8 @@
 # PyTorch/transformers way of doing the same two jobs when the python given has torch and
 # transformers. Runs alternate on the same machine (it is noisy: compare medians).
 #   [PY=/path/to/venv/bin/python] bench/compare.sh [RUNS]
+# With MODEL=PATH (a checkpoint folder or a .gguf file, e.g. models/SmolLM2-135M-Instruct.Q4_1.gguf)
+# only the forward job runs, on that model (the PyTorch record reference is GPT-2 specific).
 # Builds the GPT-2-small-shaped random checkpoint and the benchmark corpus (bench/make_corpus.py:
 # real-ish text, documents of 7–400 tokens) under target/bench/ if absent.
 set -euo pipefail
@@ -12,7 +14,8 @@ PY="${PY:-python3}"; RUNS="${1:-3}"; W="${WORK:-target/bench}"
 mkdir -p "$W"
 cargo build --release -q
 F=target/release/ftri
-[ -d "$W/gpt2-small" ] || $F plant --preset gpt2-small --out "$W/gpt2-small"
+M="${MODEL:-$W/gpt2-small}"
+[ -n "${MODEL:-}" ] || [ -d "$W/gpt2-small" ] || $F plant --preset gpt2-small --out "$W/gpt2-small"
 [ -f "$W/corpus.txt" ] || python3 bench/make_corpus.py --out "$W/corpus.txt"
 TORCH=0
 if "$PY" -c "import torch, transformers" 2>/dev/null; then TORCH=1; else
@@ -20,10 +23,11 @@ if "$PY" -c "import torch, transformers" 2>/dev/null; then TORCH=1; else
 IMPLS=ftri; [ $TORCH = 1 ] && IMPLS="ftri torch"
 rm -f "$W"/fwd-*.json "$W"/rec-*.json
 for i in $(seq "$RUNS"); do
-  $F bench --model "$W/gpt2-small" --batch 8 --seq 128 --batches 6 --json 2>/dev/null > "$W/fwd-ftri-$i.json"
+  $F bench --model "$M" --batch 8 --seq 128 --batches 6 --json 2>/dev/null > "$W/fwd-ftri-$i.json"
   if [ $TORCH = 1 ]; then
-    "$PY" bench/reference_forward.py --model "$W/gpt2-small" --batch 8 --seq 128 --batches 6 2>/dev/null > "$W/fwd-torch-$i.json"
+    "$PY" bench/reference_forward.py --model "$M" --batch 8 --seq 128 --batches 6 2>/dev/null > "$W/fwd-torch-$i.json"
   fi
+  [ -z "${MODEL:-}" ] || continue
   $F record --model "$W/gpt2-small" --corpus "$W/corpus.txt" --out "$W/atlas" --ctx 128 --batch 8 --top-k 8 \
     --threads 2 --force --json 2>/dev/null > "$W/rec-ftri-$i.json"
   if [ $TORCH = 1 ]; then
@@ -39,12 +43,17 @@ w, job, impl, field = sys.argv[1:]
 print(statistics.median(json.load(open(f))[field] for f in glob.glob(f"{w}/{job}-{impl}-*.json")))
 PYEOF
 }
-for job in fwd rec; do
+JOBS="fwd rec"; [ -z "${MODEL:-}" ] || JOBS=fwd
+for job in $JOBS; do
   for impl in $IMPLS; do
     printf '%-4s %-6s median %7.0f tokens/s  peak RSS %6.0f MiB\n' "$job" "$impl" \
       "$(med $job $impl tokens_per_s)" "$(med $job $impl peak_rss_mib)"
   done
 done
+if [ -n "${MODEL:-}" ]; then
+  [ $TORCH = 0 ] || python3 -c "print('forward ftri / torch on $M: %.2fx speed, %.2fx memory' % ($(med fwd ftri tokens_per_s) / $(med fwd torch tokens_per_s), $(med fwd ftri peak_rss_mib) / $(med fwd torch peak_rss_mib)))"
+  exit 0
+fi
 python3 - "$W" "$RUNS" <<'PYEOF'
 import json, statistics, sys
 w, runs = sys.argv[1], int(sys.argv[2])

@@ -4,9 +4,11 @@ Loads the checkpoint with transformers (base model, no LM head), captures every
 `blocks.{l}.mlp.hook_post` (the input of each MLP's down projection) with forward pre-hooks, over
 batches of random token ids, and prints tokens/s and the process's peak resident memory as JSON.
 
-    python bench/reference_forward.py --model DIR [--batch 8] [--seq 128] [--batches 8] [--threads 2]
+    python bench/reference_forward.py --model DIR|FILE.gguf [--batch 8] [--seq 128] [--batches 8] [--threads 2]
+
+A GGUF file is loaded as transformers loads one (dequantized to float32).
 """
-import argparse, json, resource, time
+import argparse, json, os, resource, time
 
 import torch
 import transformers
@@ -21,7 +23,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = transformers.AutoModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    if a.model.endswith(".gguf"):
+        where, name = os.path.split(os.path.abspath(a.model))
+        model = transformers.AutoModel.from_pretrained(where, gguf_file=name, dtype=torch.float32).eval()
+    else:
+        model = transformers.AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
     cfg = model.config
     # the module whose input is the neuron activations, per architecture
     downs = [m for n, m in model.named_modules() if n.endswith(("mlp.c_proj", "mlp.down_proj", "mlp.dense_4h_to_h", "output.dense")) and "attention" not in n]
