@@ -164,6 +164,33 @@ impl Model {
         })
     }
 
+    /// SHA-256 (hex) of the model's config: config.json, or for a GGUF file its header, metadata
+    /// and tensor table (where its config and tokenizer live).
+    pub fn config_sha256(&self) -> Result<String> {
+        match &self.source {
+            hub::Source::Dir(dir) => Ok(crate::hash::sha256_file(&dir.join("config.json"))?.1),
+            hub::Source::Gguf(file) => gguf_table_sha256(file),
+        }
+    }
+
+    /// SHA-256 (hex) of the model's tokenizer: tokenizer.json, or for a GGUF file the same as
+    /// [`Model::config_sha256`].
+    pub fn tokenizer_sha256(&self) -> Result<String> {
+        match &self.source {
+            hub::Source::Dir(dir) => Ok(crate::hash::sha256_file(&dir.join("tokenizer.json"))?.1),
+            hub::Source::Gguf(file) => gguf_table_sha256(file),
+        }
+    }
+
+    /// The tokenizer.json an atlas keeps a copy of (none for a GGUF file, whose tokenizer is in
+    /// its metadata).
+    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+        match &self.source {
+            hub::Source::Dir(dir) => Some(dir.join("tokenizer.json")),
+            hub::Source::Gguf(_) => None,
+        }
+    }
+
     pub fn device(&self) -> &Device {
         &self.net.device
     }
@@ -210,6 +237,12 @@ impl Model {
     pub fn forward(&self, batch: &Batch, hooks: &mut HookSet) -> Result<Option<Tensor>> {
         self.net.forward(batch, hooks)
     }
+}
+
+fn gguf_table_sha256(file: &std::path::Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let g = gguf::reader::GgufFile::open(file)?;
+    Ok(format!("{:x}", Sha256::digest(g.table_bytes())))
 }
 
 /// A parity fixture's folder (tests/fixtures/NAME), for the unit tests of this stage.
