@@ -210,3 +210,201 @@ fn unknown_hook_glob() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("matches no hook point"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// GGUF files
+
+/// A metadata value for [`gguf_bytes`].
+enum Kv {
+    U32(u32),
+    Str(&'static str),
+    Strs(&'static [&'static str]),
+}
+
+/// A little GGUF v3 file: metadata `kv`, tensors `(name, GGUF dims, type id, data offset)`, then
+/// `data` as the data section (alignment 32).
+fn gguf_bytes(kv: &[(&str, Kv)], tensors: &[(&str, &[u64], u32, u64)], data: &[u8]) -> Vec<u8> {
+    fn s(b: &mut Vec<u8>, x: &str) {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    }
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        s(&mut b, k);
+        match v {
+            Kv::U32(x) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Kv::Str(x) => {
+                b.extend(8u32.to_le_bytes());
+                s(&mut b, x);
+            }
+            Kv::Strs(xs) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((xs.len() as u64).to_le_bytes());
+                for x in xs.iter() {
+                    s(&mut b, x);
+                }
+            }
+        }
+    }
+    for (name, dims, ty, off) in tensors {
+        s(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims.iter() {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    while !b.len().is_multiple_of(32) {
+        b.push(0);
+    }
+    b.extend(data);
+    b
+}
+
+/// The metadata of a 1-layer Llama (with or without its token list).
+fn llama_kv(arch: &'static str, tokens: bool) -> Vec<(&'static str, Kv)> {
+    let mut kv = vec![
+        ("general.architecture", Kv::Str(arch)),
+        ("llama.block_count", Kv::U32(1)),
+        ("llama.embedding_length", Kv::U32(32)),
+        ("llama.feed_forward_length", Kv::U32(64)),
+        ("llama.attention.head_count", Kv::U32(4)),
+        ("llama.context_length", Kv::U32(64)),
+        ("llama.vocab_size", Kv::U32(3)),
+    ];
+    if tokens {
+        kv.push(("tokenizer.ggml.model", Kv::Str("gpt2")));
+        kv.push(("tokenizer.ggml.tokens", Kv::Strs(&["a", "b", "c"])));
+    }
+    kv
+}
+
+fn write_gguf(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("model.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    (d, p)
+}
+
+/// `trace` and `info` both fail with one line naming the file and `needles`, exit 2.
+fn expect_gguf_error(bytes: &[u8], needles: &[&str]) {
+    let (d, p) = write_gguf(bytes);
+    expect_user_error(&p, "hello", &[&["model.gguf"], needles].concat());
+    // the folder that holds it is read as the same file
+    let (code, err) = run(&["info", "--model", d.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("model.gguf"), "{err}");
+}
+
+fn llama_fixture_gguf() -> Vec<u8> {
+    std::fs::read(fixture("gguf/llama").join("model.gguf")).unwrap()
+}
+
+#[test]
+fn gguf_truncated() {
+    let bytes = llama_fixture_gguf();
+    // in the tensor data, and in the metadata
+    expect_gguf_error(&bytes[..bytes.len() - 100], &["truncated", "past the end"]);
+    expect_gguf_error(&bytes[..200], &["truncated"]);
+    expect_gguf_error(&bytes[..6], &["truncated"]);
+}
+
+#[test]
+fn gguf_bad_magic_or_version() {
+    let mut bytes = llama_fixture_gguf();
+    bytes[..4].copy_from_slice(b"GGML");
+    expect_gguf_error(&bytes, &["not a GGUF file"]);
+    let mut bytes = llama_fixture_gguf();
+    bytes[4..8].copy_from_slice(&7u32.to_le_bytes());
+    expect_gguf_error(&bytes, &["GGUF version 7 is not supported"]);
+}
+
+#[test]
+fn gguf_absurd_counts_do_not_allocate() {
+    let mut bytes = gguf_bytes(&llama_kv("llama", true), &[], &[]);
+    // metadata count u64::MAX / 2
+    bytes[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    expect_gguf_error(&bytes, &["metadata count"]);
+}
+
+#[test]
+fn gguf_tensor_data_past_the_end() {
+    let bytes = gguf_bytes(
+        &llama_kv("llama", true),
+        &[("token_embd.weight", &[32, 3], 0, 1 << 20)],
+        &[0; 32 * 3 * 4],
+    );
+    expect_gguf_error(&bytes, &["token_embd.weight", "past the end"]);
+}
+
+#[test]
+fn gguf_unsupported_quant_type() {
+    // IQ2_XXS (type 16)
+    let bytes = gguf_bytes(
+        &llama_kv("llama", true),
+        &[("blk.0.attn_q.weight", &[256, 32], 16, 0)],
+        &[0; 4096],
+    );
+    expect_gguf_error(
+        &bytes,
+        &["blk.0.attn_q.weight", "IQ2_XXS", "cannot dequantize"],
+    );
+}
+
+#[test]
+fn gguf_unsupported_architecture() {
+    let bytes = gguf_bytes(&llama_kv("mamba", true), &[], &[]);
+    expect_gguf_error(
+        &bytes,
+        &[
+            "unsupported GGUF architecture `mamba`",
+            "llama, qwen2, gemma3",
+        ],
+    );
+}
+
+#[test]
+fn gguf_missing_tokenizer_metadata() {
+    let bytes = gguf_bytes(&llama_kv("llama", false), &[], &[]);
+    expect_gguf_error(&bytes, &["tokenizer.ggml.tokens"]);
+}
+
+#[test]
+fn gguf_missing_config_metadata() {
+    let mut kv = llama_kv("llama", true);
+    kv.retain(|(k, _)| *k != "llama.block_count");
+    let bytes = gguf_bytes(&kv, &[], &[]);
+    expect_gguf_error(&bytes, &["missing metadata `llama.block_count`"]);
+}
+
+#[test]
+fn gguf_tensor_of_the_wrong_shape() {
+    let mut bytes = llama_fixture_gguf();
+    // claim 5 layers: the file has 2, so blk.2 is missing (named with the file)
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"llama.block_count")
+        .unwrap();
+    // key, then type u32 (4), then the value
+    let v = at + 17 + 4;
+    bytes[v..v + 4].copy_from_slice(&5u32.to_le_bytes());
+    expect_gguf_error(&bytes, &["missing tensor `model.layers.2"]);
+    // claim a wider model: embeddings have the wrong shape
+    let mut bytes = llama_fixture_gguf();
+    let at = bytes
+        .windows(22)
+        .position(|w| w == b"llama.embedding_length")
+        .unwrap();
+    let v = at + 22 + 4;
+    bytes[v..v + 4].copy_from_slice(&128u32.to_le_bytes());
+    expect_gguf_error(&bytes, &["token_embd.weight", "has shape"]);
+}

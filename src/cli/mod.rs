@@ -64,7 +64,7 @@ pub enum Command {
 /// How to load the model; shared by every verb that runs one.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json) or Hugging Face hub id
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json), a GGUF file (or a folder holding one), or Hugging Face hub id
     #[arg(long, short)]
     pub model: String,
     /// Compute dtype: f32 (default), bf16, f16, f64

@@ -1,4 +1,5 @@
-//! `--model` accepts a local checkpoint directory or a Hugging Face hub id (`org/name[@revision]`).
+//! `--model` accepts a local checkpoint directory, a GGUF file (or a folder holding exactly one
+//! `.gguf` and no config.json or safetensors), or a Hugging Face hub id (`org/name[@revision]`).
 //! Hub ids resolve through the standard cache layout shared with Python's `huggingface_hub`:
 //! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 
@@ -59,6 +60,76 @@ print(snapshot_download(sys.argv[1], revision=sys.argv[2], allow_patterns=['conf
     } else {
         Err(format!("{} has no config.json", dir.display()))
     }
+}
+
+/// What a local `--model` path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json).
+    Dir(PathBuf),
+    /// A GGUF file.
+    Gguf(PathBuf),
+}
+
+fn is_gguf(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Classify an existing local path: a `.gguf` file; a folder with config.json or safetensors
+/// (a checkpoint folder, whatever else it holds); a folder with exactly one `.gguf` and neither
+/// (that file); any other folder is a checkpoint folder (whose loader names what is missing).
+pub fn local_source(path: &Path) -> Result<Source> {
+    if path.is_dir() {
+        let entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| user_error(format!("{}: cannot list: {e}", path.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        let hf = entries.iter().any(|p| {
+            p.file_name().is_some_and(|n| n == "config.json")
+                || p.extension().is_some_and(|e| e == "safetensors")
+        });
+        let ggufs: Vec<&PathBuf> = entries.iter().filter(|p| is_gguf(p)).collect();
+        return Ok(match (hf, ggufs.as_slice()) {
+            (false, [one]) => Source::Gguf(one.to_path_buf()),
+            (false, [_, _, ..]) => {
+                let mut names: Vec<String> = ggufs
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                names.sort();
+                return Err(user_error(format!(
+                    "{}: holds {} GGUF files ({}); pass the one to load",
+                    path.display(),
+                    names.len(),
+                    names.join(", ")
+                )));
+            }
+            _ => Source::Dir(path.to_path_buf()),
+        });
+    }
+    if path.is_file() && is_gguf(path) {
+        return Ok(Source::Gguf(path.to_path_buf()));
+    }
+    if path.exists() {
+        return Err(user_error(format!(
+            "{}: not a directory or a .gguf file (give the checkpoint folder that holds config.json, or a GGUF file)",
+            path.display()
+        )));
+    }
+    Err(user_error(format!(
+        "{}: no such file or directory",
+        path.display()
+    )))
+}
+
+/// Resolve `spec`: a local path (see [`local_source`]) or a hub id (a checkpoint folder).
+pub fn resolve_model(spec: &str) -> Result<Source> {
+    let path = Path::new(spec);
+    if path.exists() || !looks_like_hub_id(spec) {
+        return local_source(path);
+    }
+    Ok(Source::Dir(resolve_model_dir(spec)?))
 }
 
 /// Resolve `spec` to a directory holding config.json, tokenizer.json and the safetensors files.

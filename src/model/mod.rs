@@ -1,5 +1,6 @@
 //! The `model` stage: load a Hugging Face checkpoint (config.json + safetensors + tokenizer.json)
-//! and run it with TransformerLens-named hook points.
+//! or a GGUF file (config, weights and tokenizer in one; see `gguf`) and run it with
+//! TransformerLens-named hook points.
 
 pub mod arch;
 pub mod config;
@@ -96,7 +97,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub struct Model {
     /// What the user passed as `--model`.
     pub id: String,
+    /// The checkpoint folder (for a GGUF file, the folder that holds it).
     pub dir: PathBuf,
+    /// Where the weights came from: the checkpoint folder or the GGUF file.
+    pub source: hub::Source,
     pub cfg: ModelConfig,
     pub tokenizer: Tokenizer,
     pub net: Transformer,
@@ -106,10 +110,32 @@ pub struct Model {
 
 impl Model {
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
-        let dir = hub::resolve_model_dir(spec)?;
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let mut ws = WeightStore::open(&dir, &opts.device, opts.dtype)?;
+        let source = hub::resolve_model(spec)?;
+        let (dir, cfg, tokenizer, mut ws) = match &source {
+            hub::Source::Dir(dir) => {
+                let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+                let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let ws = WeightStore::open(dir, &opts.device, opts.dtype)?;
+                (dir.clone(), cfg, tokenizer, ws)
+            }
+            hub::Source::Gguf(file) => {
+                let g = gguf::reader::GgufFile::open(file)?;
+                let json = gguf::config::hf_config(&g)?;
+                let cfg = ModelConfig::from_json(&json, file)?;
+                let tokenizer = Tokenizer::from_tokenizers(
+                    gguf::tokenizer::from_metadata(&g.metadata, file)?,
+                    file,
+                )?;
+                let weights = gguf::tensors::GgufWeights::new(g, &json)?;
+                let ws = WeightStore::from_gguf(weights, &opts.device, opts.dtype);
+                let dir = file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_path_buf();
+                (dir, cfg, tokenizer, ws)
+            }
+        };
         // before loading, which drops the mapped pages the samples would be read from
         let fingerprint = ws.fingerprint();
         let (embed, blocks, final_norm, unembed) = cfg.arch.load(&cfg, &mut ws)?;
@@ -130,11 +156,39 @@ impl Model {
         Ok(Self {
             id: spec.to_string(),
             dir,
+            source,
             cfg,
             tokenizer,
             net,
             fingerprint,
         })
+    }
+
+    /// SHA-256 (hex) of the model's config: config.json, or for a GGUF file its header, metadata
+    /// and tensor table (where its config and tokenizer live).
+    pub fn config_sha256(&self) -> Result<String> {
+        match &self.source {
+            hub::Source::Dir(dir) => Ok(crate::hash::sha256_file(&dir.join("config.json"))?.1),
+            hub::Source::Gguf(file) => gguf_table_sha256(file),
+        }
+    }
+
+    /// SHA-256 (hex) of the model's tokenizer: tokenizer.json, or for a GGUF file the same as
+    /// [`Model::config_sha256`].
+    pub fn tokenizer_sha256(&self) -> Result<String> {
+        match &self.source {
+            hub::Source::Dir(dir) => Ok(crate::hash::sha256_file(&dir.join("tokenizer.json"))?.1),
+            hub::Source::Gguf(file) => gguf_table_sha256(file),
+        }
+    }
+
+    /// The tokenizer.json an atlas keeps a copy of (none for a GGUF file, whose tokenizer is in
+    /// its metadata).
+    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+        match &self.source {
+            hub::Source::Dir(dir) => Some(dir.join("tokenizer.json")),
+            hub::Source::Gguf(_) => None,
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -183,6 +237,12 @@ impl Model {
     pub fn forward(&self, batch: &Batch, hooks: &mut HookSet) -> Result<Option<Tensor>> {
         self.net.forward(batch, hooks)
     }
+}
+
+fn gguf_table_sha256(file: &std::path::Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let g = gguf::reader::GgufFile::open(file)?;
+    Ok(format!("{:x}", Sha256::digest(g.table_bytes())))
 }
 
 /// A parity fixture's folder (tests/fixtures/NAME), for the unit tests of this stage.

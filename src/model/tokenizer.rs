@@ -20,8 +20,14 @@ impl Tokenizer {
                 path.display()
             )));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path)
+        let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| user_error(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        Self::from_tokenizers(inner, path)
+    }
+
+    /// Wrap a `tokenizers` tokenizer built elsewhere (e.g. from GGUF metadata); `path` is the
+    /// file error messages name.
+    pub fn from_tokenizers(mut inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
         inner.with_padding(None);
         inner
             .with_truncation(None)

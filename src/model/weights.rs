@@ -1,4 +1,6 @@
-//! Safetensors checkpoints (single file or sharded with `model.safetensors.index.json`), memory-mapped.
+//! Safetensors checkpoints (single file or sharded with `model.safetensors.index.json`), memory-mapped,
+//! or a GGUF file (`gguf::tensors::GgufWeights`, which serves the same Hugging Face names,
+//! dequantized): the arch loaders see one `WeightStore` API either way.
 //!
 //! Each tensor is copied once into an owned f32 buffer in the layout the forward pass wants, then its
 //! pages are dropped from the mapping so peak memory stays near the size of the weights, not twice it.
@@ -6,6 +8,8 @@
 //! `fingerprint` identifies a checkpoint's weights cheaply (a sampled SHA-256), so an atlas can
 //! check that it is read with the model it was recorded from.
 
+use super::gguf::reader::GgufFile;
+use super::gguf::tensors::GgufWeights;
 use super::layers::{Linear, Norm};
 use crate::error::user_error;
 use anyhow::Result;
@@ -31,9 +35,17 @@ struct Entry {
     range: (usize, usize),
 }
 
+/// Where the tensors come from.
+enum Backend {
+    Safetensors {
+        shards: Vec<Shard>,
+        entries: HashMap<String, Entry>,
+    },
+    Gguf(Box<GgufWeights>),
+}
+
 pub struct WeightStore {
-    shards: Vec<Shard>,
-    entries: HashMap<String, Entry>,
+    backend: Backend,
     /// Prefix in front of every parameter name (`model.`, `transformer.`, …), found at open time.
     prefix: String,
     device: Device,
@@ -118,18 +130,27 @@ impl WeightStore {
             });
         }
         Ok(Self {
-            shards,
-            entries,
+            backend: Backend::Safetensors { shards, entries },
             prefix: String::new(),
             device: device.clone(),
             dtype,
         })
     }
 
+    /// Serve the tensors of a GGUF file (under their Hugging Face names).
+    pub fn from_gguf(g: GgufWeights, device: &Device, dtype: DType) -> Self {
+        Self {
+            backend: Backend::Gguf(Box::new(g)),
+            prefix: String::new(),
+            device: device.clone(),
+            dtype,
+        }
+    }
+
     /// Choose the name prefix under which `probe` (e.g. `embed_tokens.weight`) exists.
     pub fn detect_prefix(&mut self, probe: &str, candidates: &[&str]) -> Result<()> {
         for c in candidates {
-            if self.entries.contains_key(&format!("{c}{probe}")) {
+            if self.contains_full(&format!("{c}{probe}")) {
                 self.prefix = c.to_string();
                 return Ok(());
             }
@@ -142,16 +163,20 @@ impl WeightStore {
     }
 
     fn describe_files(&self) -> String {
-        let names: Vec<String> = self
-            .shards
-            .iter()
-            .map(|s| s.path.display().to_string())
-            .collect();
-        names.join(", ")
+        match &self.backend {
+            Backend::Safetensors { shards, .. } => {
+                let names: Vec<String> = shards
+                    .iter()
+                    .map(|s| s.path.display().to_string())
+                    .collect();
+                names.join(", ")
+            }
+            Backend::Gguf(g) => g.file.path.display().to_string(),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(&format!("{}{name}", self.prefix))
+        self.contains_full(&format!("{}{name}", self.prefix))
     }
 
     /// Load `name` (after the detected prefix) with the exact shape `shape`.
@@ -162,14 +187,26 @@ impl WeightStore {
     /// Load a tensor by its full name, ignoring the prefix (e.g. `lm_head.weight`, which sits
     /// beside the `model.` tree rather than in it).
     pub fn get_full(&self, full: &str, shape: &[usize]) -> Result<Tensor> {
+        let (shards, entries) = match &self.backend {
+            Backend::Safetensors { shards, entries } => (shards, entries),
+            Backend::Gguf(g) => {
+                if !g.contains(full) {
+                    return Err(user_error(format!(
+                        "{}: missing tensor `{full}`",
+                        self.describe_files()
+                    )));
+                }
+                return Ok(g.get(full, shape, self.dtype)?.to_device(&self.device)?);
+            }
+        };
         let full = full.to_string();
-        let e = self.entries.get(&full).ok_or_else(|| {
+        let e = entries.get(&full).ok_or_else(|| {
             user_error(format!(
                 "{}: missing tensor `{full}`",
                 self.describe_files()
             ))
         })?;
-        let shard = &self.shards[e.shard];
+        let shard = &shards[e.shard];
         if e.shape != shape {
             return Err(user_error(format!(
                 "{}: tensor `{full}` has shape {:?}, but config.json implies {:?}",
@@ -206,7 +243,10 @@ impl WeightStore {
     }
 
     pub fn contains_full(&self, full: &str) -> bool {
-        self.entries.contains_key(full)
+        match &self.backend {
+            Backend::Safetensors { entries, .. } => entries.contains_key(full),
+            Backend::Gguf(g) => g.contains(full),
+        }
     }
 
     /// A LayerNorm's weight and bias under `base` (`.weight`/`.bias`, or the old `.gamma`/`.beta`).
@@ -262,19 +302,27 @@ impl WeightStore {
     /// checkpoint; it changes when a header changes or a weight changes in a sampled place (every
     /// byte of a tensor up to 4 KiB), not when a weight changes between samples of a larger one.
     /// Call before `get` drops the pages, or the samples are read from disk again.
+    ///
+    /// A GGUF file: the same over its header, metadata and tensor table, then each tensor (in
+    /// GGUF name order) as stored, quantized (its own `v1-gguf` domain, so no safetensors
+    /// checkpoint can collide with it).
     pub fn fingerprint(&self) -> String {
+        let (shards, entries) = match &self.backend {
+            Backend::Safetensors { shards, entries } => (shards, entries),
+            Backend::Gguf(g) => return gguf_fingerprint(&g.file),
+        };
         let mut h = Sha256::new();
         h.update(b"ftri weights fingerprint v1\0");
-        h.update((self.shards.len() as u64).to_le_bytes());
-        for shard in &self.shards {
+        h.update((shards.len() as u64).to_le_bytes());
+        for shard in shards {
             // the 8-byte header length and the JSON header
             h.update(&shard.mmap[..shard.data_start]);
         }
-        let mut names: Vec<&String> = self.entries.keys().collect();
+        let mut names: Vec<&String> = entries.keys().collect();
         names.sort();
         for name in names {
-            let e = &self.entries[name];
-            let shard = &self.shards[e.shard];
+            let e = &entries[name];
+            let shard = &shards[e.shard];
             let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
             h.update((name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());
@@ -283,9 +331,32 @@ impl WeightStore {
                 h.update(&bytes[a..b]);
             }
         }
-        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        format!("{FINGERPRINT_PREFIX}{hex}")
+        hex_fingerprint(h)
     }
+}
+
+fn hex_fingerprint(h: Sha256) -> String {
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{FINGERPRINT_PREFIX}{hex}")
+}
+
+/// `WeightStore::fingerprint` of a GGUF file.
+fn gguf_fingerprint(g: &GgufFile) -> String {
+    let mut h = Sha256::new();
+    h.update(b"ftri weights fingerprint v1-gguf\0");
+    h.update(g.table_bytes());
+    let mut tensors: Vec<_> = g.tensors.iter().collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in tensors {
+        let bytes = g.data(t);
+        h.update((t.name.len() as u64).to_le_bytes());
+        h.update(t.name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        for (a, b) in sampled_ranges(bytes.len()) {
+            h.update(&bytes[a..b]);
+        }
+    }
+    hex_fingerprint(h)
 }
 
 pub const FINGERPRINT_PREFIX: &str = "sha256-sampled:";
@@ -312,10 +383,16 @@ pub fn sampled_ranges(len: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// The weights fingerprint (`WeightStore::fingerprint`) of the checkpoint in `dir`, without loading
-/// its weights: what an atlas checks against the model it is opened with.
-pub fn fingerprint(dir: &Path) -> Result<String> {
-    Ok(WeightStore::open(dir, &Device::Cpu, DType::F32)?.fingerprint())
+/// The weights fingerprint (`WeightStore::fingerprint`) of the checkpoint at `path` (a folder, a
+/// `.gguf` file, or a folder holding one), without loading its weights: what an atlas checks
+/// against the model it is opened with.
+pub fn fingerprint(path: &Path) -> Result<String> {
+    match super::hub::local_source(path)? {
+        super::hub::Source::Dir(dir) => {
+            Ok(WeightStore::open(&dir, &Device::Cpu, DType::F32)?.fingerprint())
+        }
+        super::hub::Source::Gguf(file) => Ok(gguf_fingerprint(&GgufFile::open(&file)?)),
+    }
 }
 
 #[cfg(test)]
@@ -390,8 +467,11 @@ mod tests {
         let base = fingerprint(tmp.path()).unwrap();
         let tensors: Vec<(String, usize, usize)> = {
             let ws = WeightStore::open(tmp.path(), &Device::Cpu, DType::F32).unwrap();
-            let data = ws.shards[0].data_start;
-            ws.entries
+            let Backend::Safetensors { shards, entries } = &ws.backend else {
+                unreachable!()
+            };
+            let data = shards[0].data_start;
+            entries
                 .iter()
                 .map(|(n, e)| (n.clone(), data + e.range.0, e.range.1 - e.range.0))
                 .collect()

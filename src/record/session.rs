@@ -12,7 +12,6 @@ use super::{Outcome, RecordState, Recording, Settings};
 use crate::atlas::{self, Atlas, CorpusInfo, Manifest, ModelInfo, Shard, SiteInfo};
 use crate::corpus::Corpus;
 use crate::error::user_error;
-use crate::hash::sha256_file;
 use crate::model::hooks::select_sites;
 use crate::model::Model;
 use crate::user_bail;
@@ -256,8 +255,8 @@ impl RecordSession {
             model: ModelInfo {
                 id: m.id.clone(),
                 arch: m.cfg.arch.name().to_string(),
-                config_sha256: sha256_file(&m.dir.join("config.json"))?.1,
-                tokenizer_sha256: sha256_file(&m.dir.join("tokenizer.json"))?.1,
+                config_sha256: m.config_sha256()?,
+                tokenizer_sha256: m.tokenizer_sha256()?,
                 weights_fingerprint: Some(m.fingerprint.clone()),
                 dtype: crate::model::dtype_name(m.net.dtype).to_string(),
                 n_layers: m.cfg.n_layers,
@@ -351,7 +350,7 @@ impl RecordSession {
                 false => m.tokenizer.special_ids().clone(),
             },
         };
-        let tokenizer_path = m.dir.join("tokenizer.json");
+        let tokenizer_path = m.tokenizer_file();
         let start = Instant::now();
         let tokens_before = state.counts.tokens;
         let mut docs = self.corpus.documents();
@@ -372,7 +371,7 @@ impl RecordSession {
             |s| {
                 let mut cm = manifest.clone();
                 cm.set_counts(s);
-                atlas::write_checkpoint(out, &cm, s, Some(&tokenizer_path))
+                atlas::write_checkpoint(out, &cm, s, tokenizer_path.as_deref())
             },
         )?;
         if outcome == Outcome::Stopped {
@@ -405,7 +404,7 @@ impl RecordSession {
             std::fs::remove_dir_all(out)
                 .map_err(|e| user_error(format!("{}: cannot replace: {e}", out.display())))?;
         }
-        atlas::write(out, &manifest, &state, Some(&tokenizer_path))?;
+        atlas::write(out, &manifest, &state, tokenizer_path.as_deref())?;
         atlas::remove_checkpoints(out);
         let secs = start.elapsed().as_secs_f64();
         Ok(Ended::Finished(RecordSummary {
