@@ -8,13 +8,19 @@ use std::path::PathBuf;
 
 /// Combine shards of one recording into one atlas (manifest and state). Refuses atlases that
 /// differ in model, settings or corpus, unfinished ones, and shards that overlap.
-pub fn merge(paths: &[PathBuf]) -> Result<(Manifest, RecordState, Option<PathBuf>)> {
+pub fn merge(paths: &[PathBuf]) -> Result<(Manifest, RecordState, Option<Vec<u8>>)> {
     if paths.len() < 2 {
         return Err(user_error("merge needs at least two atlases"));
     }
     let first = Atlas::open(&paths[0])?;
     let mut manifest = first.manifest.clone();
-    let tokenizer = first.tokenizer_path();
+    let tokenizer = match first.tokenizer_path() {
+        Some(p) => Some(
+            std::fs::read(&p)
+                .map_err(|e| user_error(format!("{}: cannot read: {e}", p.display())))?,
+        ),
+        None => None,
+    };
     let check_complete = |a: &Atlas| {
         if a.manifest.complete {
             Ok(())

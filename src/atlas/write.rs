@@ -65,7 +65,7 @@ fn write_files(
     dir: &Path,
     manifest: &Manifest,
     state: &RecordState,
-    tokenizer: Option<&Path>,
+    tokenizer: Option<&[u8]>,
 ) -> Result<()> {
     let io =
         |p: &Path, e: std::io::Error| user_error(format!("{}: cannot write: {e}", p.display()));
@@ -74,8 +74,8 @@ fn write_files(
         &dir.join(TOPK),
         &topk_tensors(state, &manifest.settings.top()),
     )?;
-    if let Some(src) = tokenizer {
-        std::fs::copy(src, dir.join(TOKENIZER)).map_err(|e| io(&dir.join(TOKENIZER), e))?;
+    if let Some(json) = tokenizer {
+        std::fs::write(dir.join(TOKENIZER), json).map_err(|e| io(&dir.join(TOKENIZER), e))?;
     }
     // The manifest goes last: a folder without one is never mistaken for an atlas.
     let p = dir.join(MANIFEST);
@@ -88,7 +88,7 @@ pub fn write(
     out: &Path,
     manifest: &Manifest,
     state: &RecordState,
-    tokenizer: Option<&Path>,
+    tokenizer: Option<&[u8]>,
 ) -> Result<()> {
     if out.exists() {
         return Err(user_error(format!(
@@ -122,7 +122,7 @@ pub fn write_checkpoint(
     out: &Path,
     manifest: &Manifest,
     state: &RecordState,
-    tokenizer: Option<&Path>,
+    tokenizer: Option<&[u8]>,
 ) -> Result<()> {
     let dir = checkpoint_dir(out);
     let staging = checkpoint_staging(out);

@@ -182,12 +182,16 @@ impl Model {
         }
     }
 
-    /// The tokenizer.json an atlas keeps a copy of (none for a GGUF file, whose tokenizer is in
-    /// its metadata).
-    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+    /// The tokenizer.json an atlas keeps a copy of: the checkpoint's own file, or for a GGUF file
+    /// (whose tokenizer lives in its metadata) the tokenizer built from it, serialized.
+    pub fn tokenizer_json(&self) -> Result<Vec<u8>> {
         match &self.source {
-            hub::Source::Dir(dir) => Some(dir.join("tokenizer.json")),
-            hub::Source::Gguf(_) => None,
+            hub::Source::Dir(dir) => {
+                let p = dir.join("tokenizer.json");
+                std::fs::read(&p)
+                    .map_err(|e| user_error(format!("{}: cannot read: {e}", p.display())))
+            }
+            hub::Source::Gguf(_) => Ok(self.tokenizer.to_json()?.into_bytes()),
         }
     }
 

@@ -81,6 +81,13 @@ impl Tokenizer {
             .unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The tokenizer as tokenizer.json text (what an atlas of a GGUF model keeps).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -350,7 +350,7 @@ impl RecordSession {
                 false => m.tokenizer.special_ids().clone(),
             },
         };
-        let tokenizer_path = m.tokenizer_file();
+        let tokenizer_json = m.tokenizer_json()?;
         let start = Instant::now();
         let tokens_before = state.counts.tokens;
         let mut docs = self.corpus.documents();
@@ -371,7 +371,7 @@ impl RecordSession {
             |s| {
                 let mut cm = manifest.clone();
                 cm.set_counts(s);
-                atlas::write_checkpoint(out, &cm, s, tokenizer_path.as_deref())
+                atlas::write_checkpoint(out, &cm, s, Some(&tokenizer_json))
             },
         )?;
         if outcome == Outcome::Stopped {
@@ -404,7 +404,7 @@ impl RecordSession {
             std::fs::remove_dir_all(out)
                 .map_err(|e| user_error(format!("{}: cannot replace: {e}", out.display())))?;
         }
-        atlas::write(out, &manifest, &state, tokenizer_path.as_deref())?;
+        atlas::write(out, &manifest, &state, Some(&tokenizer_json))?;
         atlas::remove_checkpoints(out);
         let secs = start.elapsed().as_secs_f64();
         Ok(Ended::Finished(RecordSummary {
