@@ -518,8 +518,9 @@ mod tests {
     /// unfused path runs (its rounding differs) and gives the same numbers.
     #[test]
     fn attention_internals_force_the_unfused_path_with_the_same_result() {
-        // gpt2 and bert take `attention_fused` (no rotary), llama `kernels::attention`
-        for name in ["gpt2", "llama", "bert"] {
+        // gpt2 and bert take `attention_fused` (no rotary), llama `kernels::attention`, gemma2
+        // with soft-capping and windows, gemma3_text with q/k norms and two rotary bases
+        for name in ["gpt2", "llama", "bert", "gemma2", "gemma3_text"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(name);

@@ -313,3 +313,221 @@ fn load(cfg: &ModelConfig, ws: &mut WeightStore, version: Version) -> Result<Par
     };
     Ok((embed, blocks, Some(final_norm), Some(unembed)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::arch::{config_from_json, REGISTRY};
+    use serde_json::{json, Value};
+    use std::path::Path;
+
+    fn parse(v: &Value) -> Result<ModelConfig> {
+        config_from_json(REGISTRY, v, Path::new("config.json"))
+    }
+
+    /// Gemma-3-270M's shape: 18 layers, 5 local : 1 global.
+    fn gemma3_270m_common() -> Value {
+        json!({
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "attn_logit_softcapping": null,
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "pad_token_id": 0,
+            "final_logit_softcapping": null,
+            "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "hidden_size": 640,
+            "initializer_range": 0.02,
+            "intermediate_size": 2048,
+            "max_position_embeddings": 32768,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 18,
+            "num_key_value_heads": 1,
+            "query_pre_attn_scalar": 256,
+            "rms_norm_eps": 1e-6,
+            "sliding_window": 512,
+            "torch_dtype": "bfloat16",
+            "use_bidirectional_attention": false,
+            "use_cache": true,
+            "vocab_size": 262144
+        })
+    }
+
+    fn layer_types(n: usize, pattern: usize) -> Value {
+        (0..n)
+            .map(|i| match (i + 1) % pattern {
+                0 => "full_attention",
+                _ => "sliding_attention",
+            })
+            .collect()
+    }
+
+    fn windows(c: &ModelConfig) -> Vec<Option<usize>> {
+        (0..c.n_layers).map(|l| c.window(l)).collect()
+    }
+
+    #[test]
+    fn gemma3_270m_parses_in_both_spellings() {
+        // transformers 4.5x: flat rope keys, layer_types and the private pattern
+        let mut v4 = gemma3_270m_common();
+        let o = v4.as_object_mut().unwrap();
+        o.insert("rope_theta".into(), json!(1000000.0));
+        o.insert("rope_local_base_freq".into(), json!(10000.0));
+        o.insert("rope_scaling".into(), Value::Null);
+        o.insert("_sliding_window_pattern".into(), json!(6));
+        o.insert("layer_types".into(), layer_types(18, 6));
+        o.insert("transformers_version".into(), json!("4.55.0.dev0"));
+        // transformers 5: rope_parameters per layer type
+        let mut v5 = gemma3_270m_common();
+        let o = v5.as_object_mut().unwrap();
+        o.insert(
+            "rope_parameters".into(),
+            json!({
+                "full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}
+            }),
+        );
+        o.insert("layer_types".into(), layer_types(18, 6));
+        o.insert("sliding_window_pattern".into(), json!(6));
+        // … and an older one with neither layer_types nor rope_local_base_freq
+        let mut old = v4.clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("layer_types");
+        o.remove("_sliding_window_pattern");
+        o.remove("rope_local_base_freq");
+        o.insert("sliding_window_pattern".into(), json!(6));
+        for v in [&v4, &v5, &old] {
+            let c = parse(v).unwrap();
+            assert_eq!(c.arch.name(), "gemma3_text");
+            assert_eq!(
+                (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim),
+                (18, 640, 4, 1, 256)
+            );
+            assert_eq!((c.d_mlp, c.vocab_size, c.n_ctx), (2048, 262144, 32768));
+            assert_eq!(c.act, Activation::GeluTanh);
+            assert!(c.tie_embeddings, "tied by default");
+            assert_eq!(c.norm_eps, 1e-6);
+            assert_eq!(c.attn_scale, Some(1.0 / 16.0));
+            assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+            let rope = c.rope.as_ref().unwrap();
+            let local = c.rope_local.as_ref().unwrap();
+            assert_eq!((rope.theta, local.theta), (1e6, 1e4));
+            assert_eq!(
+                (rope.scaling.clone(), local.scaling.clone()),
+                (RopeScaling::None, RopeScaling::None)
+            );
+            assert_eq!(rope.rotary_dims, 256);
+            let w = windows(&c);
+            for (l, w) in w.iter().enumerate() {
+                let global = l % 6 == 5;
+                assert_eq!(*w, (!global).then_some(512), "layer {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemma3_rope_scaling_applies_to_global_layers_only() {
+        let mut v4 = gemma3_270m_common();
+        let o = v4.as_object_mut().unwrap();
+        o.insert("rope_theta".into(), json!(1000000.0));
+        o.insert("rope_local_base_freq".into(), json!(10000.0));
+        o.insert(
+            "rope_scaling".into(),
+            json!({"rope_type": "linear", "factor": 8.0}),
+        );
+        let mut v5 = gemma3_270m_common();
+        v5["rope_parameters"] = json!({
+            "full_attention": {"rope_theta": 1000000.0, "rope_type": "linear", "factor": 8.0},
+            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}
+        });
+        for v in [v4, v5] {
+            let c = parse(&v).unwrap();
+            assert_eq!(
+                c.rope.as_ref().unwrap().scaling,
+                RopeScaling::Linear { factor: 8.0 }
+            );
+            assert_eq!(c.rope_local.as_ref().unwrap().scaling, RopeScaling::None);
+            // no layer_types: sliding_window_pattern's default 6
+            assert_eq!(windows(&c).iter().filter(|w| w.is_none()).count(), 3);
+        }
+    }
+
+    #[test]
+    fn gemma2_defaults_and_nulls_follow_transformers() {
+        let base = json!({
+            "model_type": "gemma2", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 100
+        });
+        let c = parse(&base).unwrap();
+        // absent keys: transformers' defaults
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!(c.attn_scale, Some(1.0 / 16.0), "query_pre_attn_scalar 256");
+        assert_eq!(c.head_dim, 256);
+        assert_eq!(windows(&c), [Some(4096), None, Some(4096), None]);
+        assert_eq!(c.rope.as_ref().unwrap().theta, 10000.0);
+        assert!(c.rope_local.is_none());
+        // explicit nulls turn soft-capping and the window off
+        let mut v = base.clone();
+        v["attn_logit_softcapping"] = Value::Null;
+        v["final_logit_softcapping"] = Value::Null;
+        v["sliding_window"] = Value::Null;
+        let c = parse(&v).unwrap();
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+        assert_eq!(c.sliding_window, None);
+        // layer_types wins over the even/odd rule
+        let mut v = base.clone();
+        v["layer_types"] = json!([
+            "full_attention",
+            "sliding_attention",
+            "full_attention",
+            "full_attention"
+        ]);
+        v["sliding_window"] = json!(8);
+        assert_eq!(windows(&parse(&v).unwrap()), [None, Some(8), None, None]);
+        // bad values are clear errors
+        let mut v = base.clone();
+        v["attn_logit_softcapping"] = json!(0.0);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("`attn_logit_softcapping` must be a positive number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn gemma1_reads_legacy_gelu_as_tanh() {
+        let mut v = json!({
+            "model_type": "gemma", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
+            "head_dim": 12, "vocab_size": 100, "hidden_act": "gelu",
+            "hidden_activation": "gelu_pytorch_tanh"
+        });
+        let c = parse(&v).unwrap();
+        assert_eq!(c.act, Activation::GeluTanh);
+        assert_eq!(
+            (c.attn_scale, c.attn_softcap, c.final_softcap),
+            (None, None, None)
+        );
+        assert_eq!(c.sliding_window, None);
+        assert!(c.tie_embeddings);
+        v["hidden_act"] = json!("gelu_new");
+        assert_eq!(parse(&v).unwrap().act, Activation::GeluTanh);
+        v["hidden_act"] = json!("relu");
+        assert_eq!(parse(&v).unwrap().act, Activation::Relu);
+    }
+
+    #[test]
+    fn unsupported_gemma_variants_are_refused() {
+        let mut v = gemma3_270m_common();
+        v["use_bidirectional_attention"] = json!(true);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("use_bidirectional_attention"), "{e}");
+        let mut v = gemma3_270m_common();
+        v["sliding_window"] = Value::Null;
+        assert!(parse(&v).is_err());
+    }
+}

@@ -108,11 +108,16 @@ fn attention_core(
                 *s = if allowed(j) { exp(*s - max) } else { 0.0 };
                 sum += *s;
             }
-            // A query with no key to attend (a padding position further than a sliding window
-            // from the last real token) gets zeros, not 0/0: its NaNs would reach the real
-            // positions through the next layer's values (0·NaN is NaN).
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            row.iter_mut().for_each(|s| *s *= inv);
+            if sum > 0.0 {
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|s| *s *= inv);
+            } else {
+                // No key to attend (a padding position further than a sliding window from the
+                // last real token): every key equally, as the additive mask of the unfused path
+                // (and transformers' eager attention) gives, rather than 0/0, whose NaNs would
+                // reach the real positions through the next layer's values (0·NaN is NaN).
+                row.fill(1.0 / tk as f32);
+            }
         }
         // SAFETY: this task alone writes out[bi, :, hi·dh .. (hi+1)·dh].
         unsafe {
