@@ -330,6 +330,26 @@ def hooks_llama(model, rec: Recorder) -> None:
         rec.output(b, p + "hook_resid_post")
 
 
+def hooks_gemma2(model, rec: Recorder) -> None:
+    # Gemma 2 and 3: "sandwich" norms.  post_attention_layernorm / post_feedforward_layernorm
+    # normalise the sub-layer *outputs* before the residual add, so hook_attn_out and
+    # hook_mlp_out are their outputs (what joins the residual stream), and resid_mid is the
+    # input of pre_feedforward_layernorm.  hook_embed is embed_tokens' output, which in
+    # transformers 5 already carries the sqrt(d_model) scale (as TransformerLens's W_E does).
+    m = model.model
+    rec.output(m.embed_tokens, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.post_attention_layernorm, p + "hook_attn_out")
+        rec.input(b.pre_feedforward_layernorm, p + "hook_resid_mid")
+        rec.output(b.mlp.gate_proj, p + "mlp.hook_pre")
+        rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
+        rec.input(b.mlp.down_proj, p + "mlp.hook_post")
+        rec.output(b.post_feedforward_layernorm, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
 def hooks_gpt_neox(model, rec: Recorder) -> None:
     m = model.gpt_neox
     rec.output(m.embed_in, "hook_embed")
@@ -503,6 +523,109 @@ def build_bert(tok: Tokenizer):
     return transformers.BertModel, cfg, {}
 
 
+def _gemma_common(tok: Tokenizer) -> dict:
+    return dict(
+        vocab_size=tok.get_vocab_size(),
+        rms_norm_eps=1e-6,
+        pad_token_id=tok.token_to_id("<pad>"),
+        eos_token_id=tok.token_to_id("<eos>"),
+        bos_token_id=tok.token_to_id("<bos>"),
+    )
+
+
+def build_gemma(tok: Tokenizer):
+    # head_dim 12 != 64 / 4, grouped-query attention, tied embeddings.
+    cfg = transformers.GemmaConfig(
+        **_gemma_common(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=True,
+    )
+    # The released Gemma configs say `hidden_act: "gelu"`, which transformers reads as the tanh
+    # approximation (gelu_pytorch_tanh); keep that legacy value in config.json.
+    legacy = {"rope_theta": 10000.0, "hidden_act": "gelu"}
+    return transformers.GemmaForCausalLM, cfg, legacy
+
+
+# Small enough that the fixture texts (~18 tokens) run past it.
+GEMMA_WINDOW = 4
+
+
+def build_gemma2(tok: Tokenizer):
+    # head_dim 20 != 48 / 4, GQA, an untied LM head, query_pre_attn_scalar != head_dim, and
+    # soft-capping values that bite on these activations (attention scores reach several
+    # times 1.5, logits several times 4).
+    cfg = transformers.Gemma2Config(
+        **_gemma_common(tok),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=20,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        query_pre_attn_scalar=10,
+        sliding_window=GEMMA_WINDOW,
+        attn_logit_softcapping=1.5,
+        final_logit_softcapping=4.0,
+        tie_word_embeddings=False,
+    )
+    # transformers 4 spelling: flat rope_theta, and no layer_types (the even/odd rule: layers
+    # 0 and 2 slide).
+    legacy = {"rope_theta": 10000.0, "layer_types": None}
+    return transformers.Gemma2ForCausalLM, cfg, legacy
+
+
+GEMMA3_GLOBAL_ROPE = {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}
+GEMMA3_LOCAL_THETA = 10000.0
+
+
+def build_gemma3_text(tok: Tokenizer):
+    # head_dim 20 != 64 / 4, one key/value head (as Gemma-3-270M), q/k norms, a local:global
+    # pattern of 2:1, two rotary bases with linear scaling on the global one only.
+    cfg = transformers.Gemma3TextConfig(
+        **_gemma_common(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=20,
+        max_position_embeddings=256,
+        query_pre_attn_scalar=24,
+        sliding_window=GEMMA_WINDOW,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": dict(GEMMA3_GLOBAL_ROPE),
+            "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_THETA},
+        },
+        tie_word_embeddings=True,
+    )
+    # transformers 4 spelling: rope_theta + rope_scaling (global layers), rope_local_base_freq,
+    # and sliding_window_pattern instead of layer_types ((i + 1) % 3 != 0 slides: the same list).
+    legacy = {
+        "rope_theta": GEMMA3_GLOBAL_ROPE["rope_theta"],
+        "rope_scaling": {"rope_type": "linear", "factor": GEMMA3_GLOBAL_ROPE["factor"]},
+        "rope_local_base_freq": GEMMA3_LOCAL_THETA,
+        "sliding_window_pattern": 3,
+        "_sliding_window_pattern": None,
+        "layer_types": None,
+    }
+    return transformers.Gemma3ForCausalLM, cfg, legacy
+
+
+def gemma_tokenizer() -> Tokenizer:
+    # Gemma's special-token ids: <pad> 0, <eos> 1, <bos> 2; BOS is prepended.
+    return train_byte_level_bpe(["<pad>", "<eos>", "<bos>"], "<bos>")
+
+
 FIXTURE_SPECS = {
     # name: (tokenizer factory, model builder, hook installer)
     "gpt2": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_gpt2, hooks_gpt2),
@@ -525,7 +648,15 @@ FIXTURE_SPECS = {
         hooks_gpt_neox,
     ),
     "bert": (train_wordpiece, build_bert, hooks_bert),
+    "gemma": (gemma_tokenizer, build_gemma, hooks_llama),
+    "gemma2": (gemma_tokenizer, build_gemma2, hooks_gemma2),
+    "gemma3_text": (gemma_tokenizer, build_gemma3_text, hooks_gemma2),
 }
+
+# Fixtures with sliding windows also get long_expected.safetensors: LONG_TEXT (many times the
+# window) with the logits and every block's hook_resid_post.
+LONG_TEXT_FIXTURES = ("gemma2", "gemma3_text")
+LONG_TEXT = CORPUS.split("\n\n")[1].replace("\n", " ")
 
 # ---------------------------------------------------------------------------
 # Config rewriting
@@ -549,6 +680,8 @@ def write_legacy_config(out: Path, legacy: dict) -> None:
     (out / "config_v5.json").write_text(json.dumps(native, indent=2, sort_keys=True) + "\n")
     cfg = {k: v for k, v in native.items() if k not in V5_ONLY_KEYS}
     cfg.update(legacy)
+    # a None in `legacy` removes the key (a transformers 5 key that version 4 did not write)
+    cfg = {k: v for k, v in cfg.items() if not (k in legacy and legacy[k] is None)}
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
@@ -677,6 +810,19 @@ def make_fixture(name: str) -> dict:
     safetensors.torch.save_file(
         batch, str(out / "batch_expected.safetensors"), metadata={"texts": json.dumps(BATCH_TEXTS)}
     )
+
+    # --- long text (sliding windows) ---------------------------------------
+    if name in LONG_TEXT_FIXTURES:
+        lids = encode(out, LONG_TEXT)
+        window = cfg.sliding_window
+        assert len(lids) > 8 * window, f"{name}: long text has {len(lids)} tokens, window {window}"
+        assert len(lids) <= cfg.max_position_embeddings
+        lacts = run(model, rec, lids, is_bert)
+        long = {"input_ids": torch.tensor(lids, dtype=torch.int64), "logits": lacts["logits"]}
+        for l in range(n_layers):
+            long[f"blocks.{l}.hook_resid_post"] = lacts[f"blocks.{l}.hook_resid_post"]
+        safetensors.torch.save_file(long, str(out / "long_expected.safetensors"), metadata={"text": LONG_TEXT})
+        print(f"{name}: long text T={len(lids)}")
     rec.remove()
 
     # --- reload check ------------------------------------------------------

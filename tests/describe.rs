@@ -168,6 +168,37 @@ fn llama_neurons_match_brute_force() {
     }
 }
 
+/// Gemma 2: every norm's gain is 1 + w, the MLP reads the output of `pre_feedforward_layernorm`
+/// and its output passes `post_feedforward_layernorm` before the residual stream, whose gain is
+/// folded into the write direction like the final norm's.
+#[test]
+fn gemma2_neurons_match_brute_force() {
+    let w = load_tensors(&fixture("gemma2").join("model.safetensors"));
+    let tok = tokenizer("gemma2");
+    let plus_one = |name: &str| (&w[name] + 1.0).unwrap();
+    let lm_head = &w["lm_head.weight"];
+    let norm = plus_one("model.norm.weight");
+    let basis = unit_rows(&w["model.embed_tokens.weight"]);
+    for (l, i) in [(0usize, 3usize), (1, 50), (2, 95)] {
+        let d = describe_json("gemma2", &format!("{l}.{i}"), 8);
+        let p = format!("model.layers.{l}");
+        let v = w[&format!("{p}.mlp.down_proj.weight")]
+            .narrow(1, i, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let v = (v * plus_one(&format!("{p}.post_feedforward_layernorm.weight"))).unwrap();
+        let s = scores(lm_head, Some(&norm), &v);
+        check_list("promotes", &d["promotes"], &s, true, &tok);
+        check_list("suppresses", &d["suppresses"], &s, false, &tok);
+        let g_in = plus_one(&format!("{p}.pre_feedforward_layernorm.weight"));
+        for (key, proj) in [("reads", "gate_proj"), ("reads_up", "up_proj")] {
+            let r = w[&format!("{p}.mlp.{proj}.weight")].get(i).unwrap();
+            check_list(key, &d[key], &scores(&basis, Some(&g_in), &r), true, &tok);
+        }
+    }
+}
+
 #[test]
 fn bert_decodes_against_input_embeddings() {
     let w = load_tensors(&fixture("bert").join("model.safetensors"));
@@ -247,9 +278,11 @@ fn describe_all(model: &str, out: &Path, top: usize, chunk: usize) -> Value {
 
 #[test]
 fn all_csv_agrees_with_single_neuron_describe() {
-    for (model, layers, d_mlp, d_model) in
-        [("gpt2", 2usize, 256usize, 64usize), ("llama", 2, 128, 64)]
-    {
+    for (model, layers, d_mlp, d_model) in [
+        ("gpt2", 2usize, 256usize, 64usize),
+        ("llama", 2, 128, 64),
+        ("gemma2", 3, 96, 48),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("all.csv");
         // A chunk that does not divide d_mlp exercises the ragged last chunk.
@@ -282,7 +315,13 @@ fn all_csv_agrees_with_single_neuron_describe() {
         let by_name: HashMap<&str, &Vec<String>> =
             rows[1..].iter().map(|r| (r[0].as_str(), r)).collect();
         assert_eq!(by_name.len(), layers * d_mlp, "duplicate neuron rows");
-        for (l, i) in [(0, 0), (0, 99), (0, 100), (1, d_mlp - 1), (1, 37)] {
+        for (l, i) in [
+            (0, 0),
+            (0, 99 % d_mlp),
+            (0, 100 % d_mlp),
+            (1, d_mlp - 1),
+            (1, 37),
+        ] {
             let name = format!("{l}.{i}");
             let row = by_name[name.as_str()];
             assert_eq!(

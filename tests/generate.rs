@@ -35,10 +35,21 @@ fn cached_steps_match_full_forward() {
         c.insert("max_window_layers".into(), 1.into());
         c.remove("layer_types");
     });
-    let mut models: Vec<(String, Model)> = ["gpt2", "llama3", "qwen2", "gpt_neox", "mistral"]
-        .iter()
-        .map(|n| (n.to_string(), load(n)))
-        .collect();
+    // gemma2 / gemma3_text: window 4 on their sliding layers, soft-capping (gemma2), two rotary
+    // bases (gemma3_text); the prompt and its continuation run past the window
+    let mut models: Vec<(String, Model)> = [
+        "gpt2",
+        "llama3",
+        "qwen2",
+        "gpt_neox",
+        "mistral",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), load(n)))
+    .collect();
     for (n, d) in [("mistral+window", &mistral_w), ("qwen2+window", &qwen2_w)] {
         let m = Model::load(d.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
         assert!(m.cfg.sliding_window.is_some(), "{n}");
@@ -94,6 +105,82 @@ fn cached_steps_match_full_forward() {
             pos += chunk.len();
         }
         assert_eq!(cache.len, all.len());
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Gemma 2/3 over a text 40 times their window (4): fed to the key/value cache in uneven
+/// chunks, one token at a time near the end, every position's logits equal the full forward's,
+/// and greedy generation continues from there past the window as the full forwards do.
+#[test]
+fn gemma_cache_over_a_long_text_matches_full_forwards() {
+    let text = "In 1999 the small town of Riverton built a new bridge across the river. It \
+                cost $4.5 million and took 18 months to finish. People said it was the finest \
+                bridge in the county! Today more than 2,000 cars cross it every day.";
+    for name in ["gemma2", "gemma3_text"] {
+        let m = load(name);
+        let w = m.cfg.sliding_window.as_ref().unwrap().size;
+        let ids = m.encode(text).unwrap();
+        assert!(ids.len() > 10 * w, "{name}: {} tokens", ids.len());
+        let want = full_logits(&m, &ids, &[]);
+        let scale = max_diff(&want, &want.zeros_like().unwrap());
+        let mut cache = KvCache::default();
+        let n = ids.len();
+        let cuts = [0, 3, 4, 9, 30, n - 3, n - 2, n - 1, n];
+        let mut worst = 0f32;
+        for c in cuts.windows(2) {
+            let chunk = ids[c[0]..c[1]].to_vec();
+            let mut h = HookSet::new();
+            let got = m
+                .net
+                .forward_cached(
+                    &m.batch(std::slice::from_ref(&chunk)).unwrap(),
+                    &mut h,
+                    Some(&mut cache),
+                )
+                .unwrap()
+                .unwrap()
+                .get(0)
+                .unwrap();
+            worst = worst.max(max_diff(&got, &want.narrow(0, c[0], chunk.len()).unwrap()));
+        }
+        assert_eq!(cache.len, n);
+        assert!(
+            worst < 1e-5 * scale.max(1.0),
+            "{name}: cached vs full logits differ by {worst} (max |logit| {scale})"
+        );
+        eprintln!("{name}: {n} tokens, window {w}: cached vs full max|diff| {worst:.2e}");
+
+        // greedy generation with the cache = the argmax of full forwards, step by step
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            seed: 0,
+        };
+        let out = generate(&m, &ids, &[], &opts).unwrap();
+        let mut seq = ids.clone();
+        for &tok in &out {
+            let logits = full_logits(&m, &seq, &[]);
+            let argmax = logits
+                .get(seq.len() - 1)
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
+            assert_eq!(tok, argmax, "{name}: step {}", seq.len() - ids.len());
+            seq.push(tok);
+        }
     }
 }
 

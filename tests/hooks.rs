@@ -52,7 +52,14 @@ fn early_stop_gives_same_values_and_no_logits() {
 
 #[test]
 fn differentiable_path_matches_fast_path() {
-    for name in ["gpt2", "llama3", "gpt_neox", "bert"] {
+    for name in [
+        "gpt2",
+        "llama3",
+        "gpt_neox",
+        "bert",
+        "gemma2",
+        "gemma3_text",
+    ] {
         let m = load(name);
         let batch = m
             .batch(&[

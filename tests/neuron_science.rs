@@ -418,3 +418,93 @@ fn neuron_adjust_decides_by_likelihood_and_leaves_other_units_alone() {
         assert_eq!(yp, xv, "{dtype:?}");
     }
 }
+
+/// The neuron verbs run on a Gemma 3 checkpoint (q/k norms, sandwich norms, two rotary bases,
+/// windows): info, describe, lesion with random baselines, attribution, clamped generation.
+#[test]
+fn gemma3_text_runs_through_the_neuron_verbs() {
+    let dir = common::fixture("gemma3_text");
+    let model = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (code, out, err) = ftri(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let info = json(&["info", "--model", model, "--json"]);
+    assert_eq!(info["architecture"], "gemma3_text");
+    assert_eq!(info["head_dim"], 20);
+
+    let d = json(&["describe", "--model", model, "--neuron", "2.5", "--json"]);
+    assert_eq!(d["promotes"].as_array().unwrap().len(), 20);
+    assert!(d["reads_up"].is_array());
+
+    let eval = tmp.path().join("eval.jsonl");
+    std::fs::write(
+        &eval,
+        "{\"prompt\": \"The dog was\", \"target\": \" quiet.\"}\n\
+         {\"prompt\": \"Alice counted\", \"target\": \" 3 apples.\"}\n",
+    )
+    .unwrap();
+    let l = json(&[
+        "lesion",
+        "--model",
+        model,
+        "--neurons",
+        "1.3,2.7",
+        "--eval",
+        eval.to_str().unwrap(),
+        "--random-baseline",
+        "3",
+        "--json",
+    ]);
+    let delta = l["delta"]["mean_logprob"].as_f64().unwrap();
+    assert!(
+        delta.is_finite() && delta != 0.0,
+        "lesion changed nothing: {l}"
+    );
+    assert_eq!(l["random_baseline"]["sets"], 3);
+
+    let (target, control) = (tmp.path().join("t.txt"), tmp.path().join("c.txt"));
+    std::fs::write(&target, "The dog was quiet.\nThe garden was quiet.\n").unwrap();
+    std::fs::write(
+        &control,
+        "In 1999 the bridge cost $4.5 million.\nAlice counted 3 apples.\n",
+    )
+    .unwrap();
+    let a = json(&[
+        "localize",
+        "--model",
+        model,
+        "--target",
+        target.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+        "--method",
+        "attribution",
+        "--top",
+        "5",
+        "--json",
+    ]);
+    let units = a["neurons"].as_array().unwrap();
+    assert_eq!(units.len(), 5);
+    assert!(units
+        .iter()
+        .all(|u| u["score"].as_f64().unwrap().is_finite()));
+
+    let (code, out, err) = ftri(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Alice didn't pay",
+        "--neurons",
+        "0.3",
+        "--op",
+        "set=4",
+        "--max-new-tokens",
+        "6",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Alice"), "{out}");
+}

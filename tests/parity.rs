@@ -157,7 +157,10 @@ parity_tests!(
     qwen2,
     gpt_neox,
     gpt_neox_seq,
-    bert
+    bert,
+    gemma,
+    gemma2,
+    gemma3_text
 );
 
 /// The real all-MiniLM-L6-v2 (fetched by scripts/fetch_minilm.sh; .ci/run does it). Skipped when
@@ -203,6 +206,9 @@ fn transformers5_config_spelling() {
         "qwen2",
         "gpt_neox",
         "gpt_neox_seq",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
     ] {
         let src = fixture(name);
         if !src.join("config_v5.json").exists() {
@@ -443,4 +449,62 @@ fn qwen2_sliding_window_only_from_max_window_layers() {
         "windowed layer 1 vs full attention over the window: max|diff| {worst:.3e}, max|a| {scale:.3e}"
     );
     eprintln!("qwen2 window reference: max|diff| {worst:.3e} (max|attn_out| {scale:.3e})");
+}
+
+/// Gemma 2/3 on a text many times their sliding window (4 tokens; 167 tokens of text): the
+/// logits and every block's output equal transformers' for each position, and the windowed
+/// layers really differ from full attention there.
+#[test]
+fn gemma_sliding_windows_on_a_long_text() {
+    for name in ["gemma2", "gemma3_text"] {
+        let dir = fixture(name);
+        let path = dir.join("long_expected.safetensors");
+        let expected = load_tensors(&path);
+        let text = load_metadata(&path)["text"].clone();
+        let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let window = model.cfg.sliding_window.as_ref().unwrap().size;
+        let ids = model.encode(&text).unwrap();
+        let want_ids: Vec<i64> = expected["input_ids"].to_vec1().unwrap();
+        assert_eq!(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), want_ids);
+        assert!(ids.len() > 8 * window, "{name}: {} tokens", ids.len());
+        let run = |m: &Model| {
+            let mut hooks = HookSet::new();
+            for l in 0..m.cfg.n_layers {
+                hooks.capture(Site::Block(l, ftri::model::SiteKind::ResidPost));
+            }
+            let logits = m
+                .forward(&m.batch(std::slice::from_ref(&ids)).unwrap(), &mut hooks)
+                .unwrap()
+                .unwrap();
+            (hooks, logits.squeeze(0).unwrap())
+        };
+        let (hooks, logits) = run(&model);
+        for (n, want) in &expected {
+            if n == "input_ids" {
+                continue;
+            }
+            let got = match n.as_str() {
+                "logits" => logits.clone(),
+                _ => hooks
+                    .get(Site::parse(n).unwrap())
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap(),
+            };
+            let (diff, tol, ok) = close(&got, want);
+            report(&dir, &format!("long.{n}"), diff, tol);
+            assert!(ok, "{name} long text {n}: max|diff| {diff:.3e} > {tol:.3e}");
+        }
+        // without the window the model computes something else: the window is in effect
+        let wide = common::fixture_with_config(name, |c| {
+            c.insert("sliding_window".into(), 100_000.into());
+        });
+        let wide = Model::load(wide.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+        let (_, wide_logits) = run(&wide);
+        let (diff, _, ok) = close(&wide_logits, &expected["logits"]);
+        assert!(
+            !ok && diff > 1e-2,
+            "{name}: the window changes nothing ({diff})"
+        );
+    }
 }

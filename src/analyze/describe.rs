@@ -8,6 +8,9 @@
 //! the residual's scale: the bias adds the same vector for every neuron, and the scale is one
 //! positive number per position, so neither changes a neuron's ranking of tokens; centering would,
 //! slightly, but the method (and the papers) leave it out.
+//! Where the MLP output passes a norm of its own before joining the residual stream (Gemma 2/3's
+//! `post_feedforward_layernorm`), its gain g_post is folded in the same way: v_i becomes
+//! g_post ⊙ v_i (its division by the output's scale is again one positive number per position).
 //! Encoders without an LM head (BERT, MiniLM) decode against their input embedding matrix instead,
 //! and say so in `unembed`. Their final "norm" is each block's own post-LN, so g = 1 there.
 //!
@@ -108,6 +111,17 @@ pub fn read_basis(m: &Model) -> Result<Tensor> {
     // A zero embedding row stays zero instead of becoming NaN.
     let norm = e.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
     Ok(e.broadcast_div(&norm)?.to_dtype(work_dtype(m))?)
+}
+
+/// The MLP's write directions of `layer`, [d_mlp, d_model]: the down projection's rows, times the
+/// gain of the norm between the MLP and the residual stream when the block has one.
+pub fn write_matrix(m: &Model, layer: usize) -> Result<Tensor> {
+    let b = &m.net.blocks[layer];
+    let w = &b.mlp.down.w;
+    Ok(match &b.post_mlp_norm {
+        Some(n) => w.broadcast_mul(&n.gain().to_dtype(w.dtype())?)?,
+        None => w.clone(),
+    })
 }
 
 /// The gain of the norm whose output the MLP of `layer` reads.
@@ -217,7 +231,7 @@ pub fn describe_neuron(
 ) -> Result<NeuronDescription> {
     let (dec, label) = decoder(m)?;
     let mlp = &m.net.blocks[layer].mlp;
-    let write = mlp.down.w.narrow(0, index, 1)?;
+    let write = write_matrix(m, layer)?.narrow(0, index, 1)?;
     let s = project(&dec, &write)?;
     let basis = read_basis(m)?;
     let gain = mlp_input_gain(m, layer);
@@ -300,8 +314,8 @@ pub fn describe_all(
     // returned to the OS and page-faulted in again every time (measured: a third of the run).
     let mut scores: Vec<f32> = Vec::new();
     let mut done = 0;
-    for (layer, block) in m.net.blocks.iter().enumerate() {
-        let w_out = block.mlp.down.w.to_dtype(dec.dtype())?;
+    for layer in 0..m.net.blocks.len() {
+        let w_out = write_matrix(m, layer)?.to_dtype(dec.dtype())?;
         let d_mlp = w_out.dim(0)?;
         let w_host: Vec<f32> = if cpu {
             w_out.flatten_all()?.to_vec1()?

@@ -114,6 +114,18 @@ pub struct ModelConfig {
     pub sliding_window: Option<SlidingWindow>,
     /// Whether the checkpoint has an unembedding (encoders such as BERT stop at the last block).
     pub lm_head: bool,
+    /// The attention logits' scale when it is not 1/√head_dim (Gemma 2/3:
+    /// `query_pre_attn_scalar`^-½).
+    pub attn_scale: Option<f64>,
+    /// Attention logit soft-capping: each scaled logit s becomes c·tanh(s/c) before the mask and
+    /// the softmax (Gemma 2's `attn_logit_softcapping`).
+    pub attn_softcap: Option<f64>,
+    /// Final logit soft-capping: logits z become c·tanh(z/c) (Gemma 2/3's
+    /// `final_logit_softcapping`).
+    pub final_softcap: Option<f64>,
+    /// Rotary settings of the sliding-window layers when they differ from `rope`'s (Gemma 3:
+    /// `rope_local_base_freq`, no scaling); `None`: every layer uses `rope`.
+    pub rope_local: Option<RopeConfig>,
 }
 
 /// Typed access to the fields of one `config.json`, with errors that name the file and the field.
@@ -190,6 +202,44 @@ impl Fields<'_> {
     }
 }
 
+impl Fields<'_> {
+    /// transformers 5's `layer_types`, one flag per listed layer: `sliding_attention` → true,
+    /// `full_attention` → false; `None` when the key is absent. (`validate` checks the length
+    /// against the number of layers.)
+    pub fn layer_types(&self) -> Result<Option<Vec<bool>>> {
+        let Some(types) = self.get(&["layer_types"]) else {
+            return Ok(None);
+        };
+        let bad = || {
+            user_error(format!(
+                "{}: `layer_types` must be a list of \"full_attention\" / \"sliding_attention\", not {types}",
+                self.file.display()
+            ))
+        };
+        types
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(bad()),
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// A number that has a default when the key is absent but means "off" when it is `null`
+    /// (transformers' `sliding_window`, `*_softcapping`): `None` for null, else the value.
+    pub fn f64_default_or_null(&self, name: &str, default: f64) -> Result<Option<f64>> {
+        match self.v.get(name) {
+            None => Ok(Some(default)),
+            Some(x) if x.is_null() => Ok(None),
+            Some(_) => self.f64_or(&[name], default).map(Some),
+        }
+    }
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -238,7 +288,16 @@ impl ModelConfig {
                 ));
             }
         }
-        if let Some(r) = &self.rope {
+        for (name, c) in [
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+            ("query_pre_attn_scalar", self.attn_scale),
+        ] {
+            if c.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+                return bad(format!("`{name}` must be a positive number"));
+            }
+        }
+        for r in self.rope.iter().chain(&self.rope_local) {
             if r.rotary_dims % 2 != 0 || r.rotary_dims == 0 || r.rotary_dims > self.head_dim {
                 return bad(format!(
                     "rotary dimension {} must be even, positive and at most head_dim {}",
@@ -275,7 +334,40 @@ impl ModelConfig {
         {
             theta = t;
         }
-        let scaling = match scaling {
+        Ok(RopeConfig {
+            theta,
+            rotary_dims,
+            scaling: Self::rope_scaling(f, scaling)?,
+        })
+    }
+
+    /// One rotary parameter object as transformers 5 writes it (`{"rope_type", "rope_theta",
+    /// "factor", …}`), e.g. one entry of Gemma 3's per-layer-type `rope_parameters`.
+    pub fn rope_from_params(
+        f: &Fields,
+        params: &Value,
+        rotary_dims: usize,
+        default_theta: f64,
+    ) -> Result<RopeConfig> {
+        let theta = match params.get("rope_theta").filter(|t| !t.is_null()) {
+            None => default_theta,
+            Some(t) => t.as_f64().ok_or_else(|| {
+                user_error(format!(
+                    "{}: `rope_theta` is not a number: {t}",
+                    f.file.display()
+                ))
+            })?,
+        };
+        Ok(RopeConfig {
+            theta,
+            rotary_dims,
+            scaling: Self::rope_scaling(f, Some(params))?,
+        })
+    }
+
+    /// The scaling named by a `rope_scaling` / `rope_parameters` object (`None`: no scaling).
+    fn rope_scaling(f: &Fields, scaling: Option<&Value>) -> Result<RopeScaling> {
+        Ok(match scaling {
             None => RopeScaling::None,
             Some(s) => {
                 let kind = s
@@ -308,11 +400,6 @@ impl ModelConfig {
                     }
                 }
             }
-        };
-        Ok(RopeConfig {
-            theta,
-            rotary_dims,
-            scaling,
         })
     }
 

@@ -36,10 +36,17 @@ pub fn generate(
     }
     let room = model.cfg.n_ctx.saturating_sub(prompt.len());
     let steps = opts.max_new_tokens.min(room);
-    let eos: Vec<u32> = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>"]
-        .iter()
-        .filter_map(|t| model.tokenizer.token_to_id(t))
-        .collect();
+    let eos: Vec<u32> = [
+        "<|endoftext|>",
+        "</s>",
+        "<|end_of_text|>",
+        "<|im_end|>",
+        "<eos>",
+        "<end_of_turn>",
+    ]
+    .iter()
+    .filter_map(|t| model.tokenizer.token_to_id(t))
+    .collect();
     let mut rng = Rng::new(opts.seed);
     let mut cache = KvCache::default();
     let mut out = Vec::new();

@@ -56,8 +56,22 @@ impl Linear {
 }
 
 pub enum Norm {
-    Layer { w: Tensor, b: Tensor, eps: f32 },
-    Rms { w: Tensor, eps: f32 },
+    Layer {
+        w: Tensor,
+        b: Tensor,
+        eps: f32,
+    },
+    Rms {
+        w: Tensor,
+        eps: f32,
+    },
+    /// RMSNorm computed in f32 whatever the model's dtype, the gain applied before the cast back
+    /// (transformers' `GemmaRMSNorm`: `(norm(x.float()) * (1 + w.float())).type_as(x)`). `w` is
+    /// f32 and holds the whole gain (Gemma's 1 + w; see [`Norm::rms_unit_offset`]).
+    RmsF32 {
+        w: Tensor,
+        eps: f32,
+    },
 }
 
 impl Norm {
@@ -80,13 +94,30 @@ impl Norm {
                 x.broadcast_div(&(ms + *eps as f64)?.sqrt()?)?
                     .broadcast_mul(w)?
             }
+            (Norm::RmsF32 { w, eps }, differentiable) => {
+                let rms = Norm::Rms {
+                    w: w.clone(),
+                    eps: *eps,
+                };
+                rms.forward(&x.to_dtype(DType::F32)?, differentiable)?
+                    .to_dtype(x.dtype())?
+            }
+        })
+    }
+
+    /// Gemma's RMSNorm from its checkpoint weight `w`: gain 1 + w, added in f32 as transformers
+    /// does, and the norm computed in f32.
+    pub fn rms_unit_offset(w: &Tensor, eps: f64) -> Result<Norm> {
+        Ok(Norm::RmsF32 {
+            w: (w.to_dtype(DType::F32)? + 1.0)?,
+            eps: eps as f32,
         })
     }
 
     /// The gain vector (used by `describe` to fold the final norm into the unembedding).
     pub fn gain(&self) -> &Tensor {
         match self {
-            Norm::Layer { w, .. } | Norm::Rms { w, .. } => w,
+            Norm::Layer { w, .. } | Norm::Rms { w, .. } | Norm::RmsF32 { w, .. } => w,
         }
     }
 }

@@ -139,9 +139,10 @@ impl Model {
         // before loading, which drops the mapped pages the samples would be read from
         let fingerprint = ws.fingerprint();
         let (embed, blocks, final_norm, unembed) = cfg.arch.load(&cfg, &mut ws)?;
-        let rope = match &cfg.rope {
-            Some(r) => Some(Rope::new(r, cfg.n_ctx, &opts.device, opts.dtype)?),
-            None => None,
+        let rope = |r: &Option<config::RopeConfig>| {
+            r.as_ref()
+                .map(|r| Rope::new(r, cfg.n_ctx, &opts.device, opts.dtype))
+                .transpose()
         };
         let net = Transformer {
             cfg: cfg.clone(),
@@ -149,7 +150,8 @@ impl Model {
             blocks,
             final_norm,
             unembed,
-            rope,
+            rope: rope(&cfg.rope)?,
+            rope_local: rope(&cfg.rope_local)?,
             device: opts.device.clone(),
             dtype: opts.dtype,
         };

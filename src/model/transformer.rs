@@ -21,6 +21,10 @@ pub struct Attention {
     /// q, k and v projections fused into one [d_model, (H + 2·Hkv)·Dh] matrix.
     pub qkv: Linear,
     pub o: Linear,
+    /// Norms of each head's query and key (over its Dh entries), applied before rotary
+    /// (Gemma 3's `q_norm` / `k_norm`).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
 }
 
 pub struct Mlp {
@@ -38,6 +42,12 @@ pub struct Block {
     /// Pre-MLP norm; for post-LN the norm applied after the MLP residual.
     pub ln2: Norm,
     pub mlp: Mlp,
+    /// Norm of the attention output before it joins the residual stream (Gemma 2/3's
+    /// `post_attention_layernorm`); `hook_attn_out` is its output.
+    pub post_attn_norm: Option<Norm>,
+    /// Norm of the MLP output before it joins the residual stream (Gemma 2/3's
+    /// `post_feedforward_layernorm`); `hook_mlp_out` is its output.
+    pub post_mlp_norm: Option<Norm>,
 }
 
 pub struct Embeddings {
@@ -45,16 +55,22 @@ pub struct Embeddings {
     pub pos: Option<Tensor>,
     pub token_type: Option<Tensor>,
     pub norm: Option<Norm>,
+    /// Token embeddings are multiplied by this, rounded to the model's dtype first, before
+    /// `hook_embed` (Gemma: √d_model, as transformers' `ScaledWordEmbedding` and
+    /// TransformerLens's scaled `W_E` both do). `tok` itself stays unscaled (it may be the tied
+    /// unembedding).
+    pub scale: Option<f64>,
 }
 
 impl Embeddings {
-    /// Token embeddings only: no learned positions, token types or embedding norm.
+    /// Token embeddings only: no learned positions, token types, embedding norm or scale.
     pub fn tokens(tok: Tensor) -> Self {
         Self {
             tok,
             pos: None,
             token_type: None,
             norm: None,
+            scale: None,
         }
     }
 }
@@ -67,6 +83,8 @@ pub struct Transformer {
     /// [vocab, d_model]; `None` for encoders without an LM head.
     pub unembed: Option<Tensor>,
     pub rope: Option<Rope>,
+    /// Rotary of the sliding-window layers when it differs from `rope` (`ModelConfig::rope_local`).
+    pub rope_local: Option<Rope>,
     pub device: Device,
     pub dtype: DType,
 }
@@ -204,6 +222,13 @@ impl Transformer {
             .tok
             .embedding(&flat)?
             .reshape((b, t, self.cfg.d_model))?;
+        let tok = match self.embed.scale {
+            // transformers: `embeds * torch.tensor(scale).to(dtype)`
+            Some(s) => {
+                tok.broadcast_mul(&Tensor::new(s as f32, &self.device)?.to_dtype(tok.dtype())?)?
+            }
+            None => tok,
+        };
         let tok = hooks.apply(Site::Embed, tok)?;
         let mut x = tok;
         if let Some(pos) = &self.embed.pos {
@@ -246,6 +271,7 @@ impl Transformer {
                         (&batch.lengths, offset, cache.as_deref_mut()),
                         &*hooks,
                     )?;
+                    let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), (x + a)?)?;
                     let Some(m) = self.mlp(l, block, &block.ln2.forward(&mid, diff)?, hooks)?
@@ -263,6 +289,7 @@ impl Transformer {
                         (&batch.lengths, offset, cache.as_deref_mut()),
                         &*hooks,
                     )?;
+                    let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let Some(m) = self.mlp(l, block, &block.ln2.forward(&x, diff)?, hooks)? else {
                         return Ok(None);
@@ -278,6 +305,7 @@ impl Transformer {
                         (&batch.lengths, offset, cache.as_deref_mut()),
                         &*hooks,
                     )?;
+                    let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
                     let mid = block.ln1.forward(&(a + x)?, diff)?;
                     let mid = hooks.apply(Site::Block(l, SiteKind::ResidMid), mid)?;
@@ -304,6 +332,10 @@ impl Transformer {
             .reshape((b * t, self.cfg.d_model))?
             .matmul(&unembed.t()?)?
             .reshape((b, t, self.cfg.vocab_size))?;
+        let logits = match self.cfg.final_softcap {
+            Some(c) => softcap(&logits, c)?,
+            None => logits,
+        };
         let logits = hooks.apply(Site::Logits, logits)?;
         Ok(Some(logits))
     }
@@ -323,17 +355,24 @@ impl Transformer {
         let (b, t, _) = x.dims3()?;
         let (h, hkv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let qkv = block.attn.qkv.forward(x, diff)?;
-        let mut scale = 1.0 / (dh as f64).sqrt();
+        let mut scale = self.cfg.attn_scale.unwrap_or(1.0 / (dh as f64).sqrt());
         if self.cfg.scale_attn_by_layer {
             scale /= (l + 1) as f64;
         }
+        let window = self.cfg.window(l);
         let fast_mask = AttnMask {
             lengths,
             offset,
             causal: self.cfg.residual != Residual::PostLn,
-            window: self.cfg.window(l),
+            window,
+            softcap: self.cfg.attn_softcap.map(|c| c as f32),
         };
-        if fused_ok && self.rope.is_none() && cache.is_none() {
+        let rope = match (window, &self.rope_local) {
+            (Some(_), Some(local)) => Some(local),
+            _ => self.rope.as_ref(),
+        };
+        let qk_norm = block.attn.q_norm.is_some() || block.attn.k_norm.is_some();
+        if fused_ok && rope.is_none() && !qk_norm && cache.is_none() {
             if let Some(ctx) = kernels::attention_fused(&qkv, h, hkv, scale as f32, &fast_mask)? {
                 return block.attn.o.forward(&ctx, diff);
             }
@@ -348,7 +387,13 @@ impl Transformer {
         let mut q = split(0, h)?;
         let mut k = split(h * dh, hkv)?;
         let mut v = split((h + hkv) * dh, hkv)?;
-        if let Some(rope) = &self.rope {
+        if let Some(n) = &block.attn.q_norm {
+            q = n.forward(&q, diff)?;
+        }
+        if let Some(n) = &block.attn.k_norm {
+            k = n.forward(&k, diff)?;
+        }
+        if let Some(rope) = rope {
             q = rope.apply(&q, diff, offset)?;
             k = rope.apply(&k, diff, offset)?;
         }
@@ -373,6 +418,10 @@ impl Transformer {
         let n_rep = h / hkv;
         let qg = q.contiguous()?.reshape((b, hkv, n_rep * t, dh))?;
         let scores = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, tk))?;
+        let scores = match self.cfg.attn_softcap {
+            Some(c) => softcap(&scores, c)?,
+            None => scores,
+        };
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -412,8 +461,22 @@ impl Transformer {
             return Ok(None);
         }
         let out = block.mlp.down.forward(&post, hooks.differentiable)?;
+        let out = post_norm(&block.post_mlp_norm, out, hooks.differentiable)?;
         Ok(Some(hooks.apply(Site::Block(l, SiteKind::MlpOut), out)?))
     }
+}
+
+/// A sub-layer's output through its post-norm, if the block has one.
+fn post_norm(norm: &Option<Norm>, x: Tensor, differentiable: bool) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&x, differentiable),
+        None => Ok(x),
+    }
+}
+
+/// Soft-capping as transformers writes it: c·tanh(x/c).
+fn softcap(x: &Tensor, c: f64) -> Result<Tensor> {
+    Ok(((x / c)?.tanh()? * c)?)
 }
 
 /// Keys and values of the positions run so far (after rotary), per layer: each generation step
@@ -455,8 +518,9 @@ mod tests {
     /// unfused path runs (its rounding differs) and gives the same numbers.
     #[test]
     fn attention_internals_force_the_unfused_path_with_the_same_result() {
-        // gpt2 and bert take `attention_fused` (no rotary), llama `kernels::attention`
-        for name in ["gpt2", "llama", "bert"] {
+        // gpt2 and bert take `attention_fused` (no rotary), llama `kernels::attention`, gemma2
+        // with soft-capping and windows, gemma3_text with q/k norms and two rotary bases
+        for name in ["gpt2", "llama", "bert", "gemma2", "gemma3_text"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(name);

@@ -161,8 +161,9 @@ pub fn promoters(model: &Model, ids: &[u32], k: usize) -> Result<Vec<(usize, usi
         .index_select(&Tensor::new(ids.as_slice(), dec.device())?, 0)?
         .to_dtype(DType::F32)?;
     let mut all = Vec::new();
-    for (l, b) in model.net.blocks.iter().enumerate() {
-        let w = b.mlp.down.w.to_dtype(DType::F32)?; // [d_mlp, d_model]
+    for l in 0..model.net.blocks.len() {
+        // [d_mlp, d_model]
+        let w = crate::analyze::describe::write_matrix(model, l)?.to_dtype(DType::F32)?;
         let s = w.matmul(&sel.t()?)?.to_vec2::<f32>()?; // [d_mlp, n_ids]
         for (i, row) in s.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {

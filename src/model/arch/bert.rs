@@ -51,6 +51,10 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         scale_attn_by_layer: false,
         sliding_window: None,
         lm_head: false,
+        attn_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        rope_local: None,
     })
 }
 
@@ -65,6 +69,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             n => Some(ws.get("embeddings.token_type_embeddings.weight", &[n, d])?),
         },
         norm: Some(ws.layer_norm("embeddings.LayerNorm", d, eps)?),
+        scale: None,
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
@@ -78,6 +83,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             attn: Attention {
                 qkv,
                 o: ws.linear(&format!("{p}.attention.output.dense"), d, d, true)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: ws.layer_norm(&format!("{p}.output.LayerNorm"), d, eps)?,
             mlp: Mlp {
@@ -85,6 +92,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
                 up: None,
                 down: ws.linear(&format!("{p}.output.dense"), m, d, true)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     Ok((embed, blocks, None, None))

@@ -42,6 +42,10 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         scale_attn_by_layer: f.bool_or(&["scale_attn_by_inverse_layer_idx"], false)?,
         sliding_window: None,
         lm_head: true,
+        attn_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        rope_local: None,
     })
 }
 
@@ -61,6 +65,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
         pos: Some(ws.get("wpe.weight", &[cfg.n_ctx, d])?),
         token_type: None,
         norm: None,
+        scale: None,
     };
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
@@ -70,6 +75,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             attn: Attention {
                 qkv: conv1d(ws, &format!("{p}.attn.c_attn"), d, 3 * d)?,
                 o: conv1d(ws, &format!("{p}.attn.c_proj"), d, d)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: ws.layer_norm(&format!("{p}.ln_2"), d, eps)?,
             mlp: Mlp {
@@ -77,6 +84,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
                 up: None,
                 down: conv1d(ws, &format!("{p}.mlp.c_proj"), m, d)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = ws.layer_norm("ln_f", d, eps)?;

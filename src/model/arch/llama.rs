@@ -3,7 +3,6 @@
 //! q/k/v biases and a sliding window on the layers its config marks.
 
 use super::ArchEntry;
-use crate::error::user_error;
 use crate::model::config::{
     Activation, Arch, Fields, ModelConfig, NormKind, Residual, SlidingWindow,
 };
@@ -96,25 +95,8 @@ fn qwen2_window(f: &Fields, n_layers: usize) -> Result<Option<SlidingWindow>> {
         Some(w) if w.is_null() => return Ok(None),
         Some(_) => f.usize(&["sliding_window"])?,
     };
-    let layers: Vec<bool> = match f.get(&["layer_types"]) {
-        Some(types) => {
-            let bad = || {
-                user_error(format!(
-                    "{}: `layer_types` must be a list of \"full_attention\" / \"sliding_attention\", not {types}",
-                    f.file.display()
-                ))
-            };
-            types
-                .as_array()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("sliding_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(bad()),
-                })
-                .collect::<Result<_>>()?
-        }
+    let layers = match f.layer_types()? {
+        Some(layers) => layers,
         None => {
             let first = f.usize_or(&["max_window_layers"], 28)?;
             (0..n_layers).map(|l| l >= first).collect()
@@ -157,6 +139,10 @@ fn llama_like(f: &Fields, arch: Arch, variant: Variant) -> Result<ModelConfig> {
         scale_attn_by_layer: false,
         sliding_window: (variant.sliding_window)(f, n_layers)?,
         lm_head: true,
+        attn_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        rope_local: None,
     })
 }
 
@@ -178,6 +164,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             attn: Attention {
                 qkv,
                 o: ws.linear(&format!("{p}.self_attn.o_proj"), q_dim, d, cfg.o_bias)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: ws.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
             mlp: Mlp {
@@ -185,6 +173,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
                 up: Some(ws.linear(&format!("{p}.mlp.up_proj"), d, m, cfg.mlp_bias)?),
                 down: ws.linear(&format!("{p}.mlp.down_proj"), m, d, cfg.mlp_bias)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = ws.rms_norm("norm", d, eps)?;

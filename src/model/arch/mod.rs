@@ -1,7 +1,8 @@
 //! One file per architecture family, and the one registry that maps `config.json`'s `model_type`
 //! to that family's config translation and weight loader.
 //!
-//! Each family file (`gpt2.rs`, `llama.rs` for Llama/Mistral/Qwen2, `neox.rs`, `bert.rs`) owns
+//! Each family file (`gpt2.rs`, `llama.rs` for Llama/Mistral/Qwen2, `neox.rs`, `bert.rs`,
+//! `gemma.rs` for Gemma 1/2/3) owns
 //! - its `model_type` names, in a `pub const …: ArchEntry`,
 //! - its `config.json` → [`ModelConfig`] translation, for both spellings (the flat hub keys and
 //!   transformers 5's nested `rope_parameters`; the shared readers are in `config.rs`: `Fields`,
@@ -36,6 +37,7 @@
 //! experts MLP) also needs that piece there, behind a new `ModelConfig` switch.
 
 pub mod bert;
+pub mod gemma;
 pub mod gpt2;
 pub mod llama;
 pub mod neox;
@@ -67,6 +69,9 @@ pub static REGISTRY: &[ArchEntry] = &[
     llama::QWEN2,
     neox::GPT_NEOX,
     bert::BERT,
+    gemma::GEMMA,
+    gemma::GEMMA2,
+    gemma::GEMMA3_TEXT,
 ];
 
 /// The architecture a config was read as: its `model_type` and the registry entry it matched.
@@ -173,9 +178,29 @@ mod tests {
     fn supported_list_and_names_are_unchanged() {
         assert_eq!(
             supported_model_types(REGISTRY),
-            ["gpt2", "llama", "mistral", "qwen2", "gpt_neox", "bert"]
+            [
+                "gpt2",
+                "llama",
+                "mistral",
+                "qwen2",
+                "gpt_neox",
+                "bert",
+                "gemma",
+                "gemma2",
+                "gemma3_text"
+            ]
         );
-        for name in ["gpt2", "llama", "mistral", "qwen2", "gpt_neox", "bert"] {
+        for name in [
+            "gpt2",
+            "llama",
+            "mistral",
+            "qwen2",
+            "gpt_neox",
+            "bert",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+        ] {
             let dir = fixture(name);
             let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
             assert_eq!(cfg.arch.name(), name);
@@ -191,13 +216,13 @@ mod tests {
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert)"
+            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
         );
         v.as_object_mut().unwrap().remove("model_type");
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert)"
+            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
         );
     }
 

@@ -60,6 +60,10 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         scale_attn_by_layer: false,
         sliding_window: None,
         lm_head: true,
+        attn_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
+        rope_local: None,
     })
 }
 
@@ -102,6 +106,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             attn: Attention {
                 qkv: Linear { w, b },
                 o: ws.linear(&format!("{p}.attention.dense"), h * dh, d, cfg.o_bias)?,
+                q_norm: None,
+                k_norm: None,
             },
             ln2: ws.layer_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
             mlp: Mlp {
@@ -109,6 +115,8 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
                 up: None,
                 down: ws.linear(&format!("{p}.mlp.dense_4h_to_h"), m, d, true)?,
             },
+            post_attn_norm: None,
+            post_mlp_norm: None,
         });
     }
     let final_norm = ws.layer_norm("final_layer_norm", d, eps)?;

@@ -6,13 +6,15 @@ use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-/// Which keys a query may attend.
+/// Which keys a query may attend, and how its scores are shaped before the softmax.
 pub struct AttnMask<'a> {
     pub lengths: &'a [usize],
     /// Position of the first query (keys start at 0): the length of a key/value cache.
     pub offset: usize,
     pub causal: bool,
     pub window: Option<usize>,
+    /// Soft-capping of the scaled scores, s ← c·tanh(s/c), before the mask (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 struct SendPtr(*mut f32);
@@ -87,6 +89,9 @@ fn attention_core(
                 gemm::Parallelism::None,
             )
         };
+        if let Some(c) = mask.softcap {
+            scores.iter_mut().for_each(|s| *s = (*s / c).tanh() * c);
+        }
         for (i, row) in scores.chunks_mut(tk).enumerate() {
             let qa = i + off;
             let allowed = |j: usize| {
@@ -103,8 +108,16 @@ fn attention_core(
                 *s = if allowed(j) { exp(*s - max) } else { 0.0 };
                 sum += *s;
             }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
+            if sum > 0.0 {
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|s| *s *= inv);
+            } else {
+                // No key to attend (a padding position further than a sliding window from the
+                // last real token): every key equally, as the additive mask of the unfused path
+                // (and transformers' eager attention) gives, rather than 0/0, whose NaNs would
+                // reach the real positions through the next layer's values (0·NaN is NaN).
+                row.fill(1.0 / tk as f32);
+            }
         }
         // SAFETY: this task alone writes out[bi, :, hi·dh .. (hi+1)·dh].
         unsafe {
