@@ -31,7 +31,7 @@ OUT = REPO / "tests" / "fixtures" / "gguf_real"
 # name: (GGUF file, hook installer name in make_fixtures, text)
 SPECS = {
     "smollm2": ("SmolLM2-135M-Instruct.Q4_1.gguf", "hooks_llama", "The capital of France is"),
-    "gemma3": ("gemma-3-270m-q4_k_m.gguf", "hooks_gemma", "The capital of France is"),
+    "gemma3": ("gemma-3-270m-q4_k_m.gguf", "hooks_gemma2", "The capital of France is"),
 }
 
 
