@@ -155,6 +155,10 @@ fn check_cases_of(file: &str) {
                 fail(format!("added token {id} is special"));
             }
         }
+        // padding uses a special token of the vocabulary (Gemma's <pad> 0, SmolLM2's <|endoftext|> 0)
+        if !tok.is_special(tok.pad_id()) {
+            fail(format!("pad id {} is not a special token", tok.pad_id()));
+        }
         let want_vocab = case["vocab_size"].as_u64().unwrap() as usize;
         if tok.vocab_size() != want_vocab {
             fail(format!("vocab size {} vs {want_vocab}", tok.vocab_size()));
