@@ -122,10 +122,8 @@ impl Model {
                 let g = gguf::reader::GgufFile::open(file)?;
                 let json = gguf::config::hf_config(&g)?;
                 let cfg = ModelConfig::from_json(&json, file)?;
-                let tokenizer = Tokenizer::from_tokenizers(
-                    gguf::tokenizer::from_metadata(&g.metadata, file)?,
-                    file,
-                )?;
+                let tokenizer =
+                    Tokenizer::from_tokenizer(gguf::tokenizer::from_metadata(&g.metadata, file)?);
                 let weights = gguf::tensors::GgufWeights::new(g, &json)?;
                 let ws = WeightStore::from_gguf(weights, &opts.device, opts.dtype);
                 let dir = file

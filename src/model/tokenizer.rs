@@ -22,23 +22,22 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| user_error(format!("{}: cannot load tokenizer: {e}", path.display())))?;
-        Self::from_tokenizers(inner, path)
+        Ok(Self::from_tokenizer(inner))
     }
 
-    /// Wrap a `tokenizers` tokenizer built elsewhere (e.g. from GGUF metadata); `path` is the
-    /// file error messages name.
-    pub fn from_tokenizers(mut inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+    /// Wrap a tokenizer built elsewhere (a GGUF file's, from its metadata), with the same set-up
+    /// as `from_file`: no padding or truncation, and its special tokens those it marks special.
+    pub fn from_tokenizer(mut inner: tokenizers::Tokenizer) -> Self {
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| user_error(format!("{}: {e}", path.display())))?;
+        // Clearing truncation cannot fail: only setting a stride too large for it can.
+        let _ = inner.with_truncation(None);
         let special = inner
             .get_added_tokens_decoder()
             .into_iter()
             .filter(|(_, t)| t.special)
             .map(|(id, _)| id)
             .collect();
-        Ok(Self { inner, special })
+        Self { inner, special }
     }
 
     /// True for a special token ([CLS], [SEP], <s>, <|endoftext|>, ...): one the tokenizer adds
