@@ -44,8 +44,15 @@ fn the_demo_report_finds_each_concept() {
     for c in &r.concepts {
         assert!(c.significant >= 1, "{}: no significant neuron", c.concept);
         let best = &c.units[0];
-        assert!(best.t.abs() > 0.0 && best.q <= 0.05, "{}: {best:?}", c.concept);
-        assert!(c.lesion.is_none(), "an encoder has no continuations to lesion");
+        assert!(
+            best.t.abs() > 0.0 && best.q <= 0.05,
+            "{}: {best:?}",
+            c.concept
+        );
+        assert!(
+            c.lesion.is_none(),
+            "an encoder has no continuations to lesion"
+        );
     }
     assert!(r.steering.is_none(), "an encoder cannot generate");
     let negation = r.concepts.iter().find(|c| c.concept == "negation").unwrap();
@@ -74,7 +81,10 @@ fn on_smollm2_lesions_beat_every_random_set_and_the_clamp_steers() {
     let r = run_demo(model.to_str().unwrap(), &out, 3, &mut |_| {}, &mut |_| {}).unwrap();
     for name in ["negation", "french"] {
         let c = r.concepts.iter().find(|c| c.concept == name).unwrap();
-        let l = c.lesion.as_ref().expect("a decoder's concept with an eval set is lesioned");
+        let l = c
+            .lesion
+            .as_ref()
+            .expect("a decoder's concept with an eval set is lesioned");
         assert_eq!(l.neurons.len(), ftri::demo::LESION_SIZE);
         assert!(l.beyond_every_random, "{name}: {l:?}");
         // well beyond: more than 5 random-set SDs below the random mean
@@ -91,7 +101,11 @@ fn on_smollm2_lesions_beat_every_random_set_and_the_clamp_steers() {
             l.control_delta,
             l.delta
         );
-        assert!(c.lesion_summary.as_ref().unwrap().contains("further than every"));
+        assert!(c
+            .lesion_summary
+            .as_ref()
+            .unwrap()
+            .contains("further than every"));
     }
     let s = r.steering.as_ref().expect("a decoder generates");
     assert!(!s.plain.is_empty() && s.plain != s.clamped, "{s:?}");

@@ -137,9 +137,8 @@ pub fn run_demo(
     let start = Instant::now();
     let mut seconds = Timings::default();
     ensure_model(model)?;
-    std::fs::create_dir_all(out).map_err(|e| {
-        crate::error::user_error(format!("{}: cannot create: {e}", out.display()))
-    })?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| crate::error::user_error(format!("{}: cannot create: {e}", out.display())))?;
     let corpus = out.join("corpus.txt");
     std::fs::write(&corpus, CORPUS)?;
     let atlas_dir = out.join("atlas");
@@ -314,12 +313,18 @@ fn unit_summary(
 /// A lesion in words: the change against what random sets of the same layers do.
 fn lesion_summary(concept: &str, l: &LesionReport) -> String {
     let sigmas = if l.random_sd > 0.0 {
-        format!(", {:.0} random-set SDs", (l.delta - l.random_mean).abs() / l.random_sd)
+        format!(
+            ", {:.0} random-set SDs",
+            (l.delta - l.random_mean).abs() / l.random_sd
+        )
     } else {
         String::new()
     };
     let verdict = if l.beyond_every_random {
-        format!("further than every one of {} random same-layer sets", l.random_sets)
+        format!(
+            "further than every one of {} random same-layer sets",
+            l.random_sets
+        )
     } else {
         format!(
             "not beyond the random sets ({} of {} moved it as far)",

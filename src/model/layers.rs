@@ -76,7 +76,9 @@ pub enum Norm {
 
 impl Norm {
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
-        Ok(match (self, differentiable) {
+        // candle's fused norms have no f64 kernel: `--dtype f64` takes the composed path.
+        let composed = differentiable || x.dtype() == DType::F64;
+        Ok(match (self, composed) {
             (Norm::Layer { w, b, eps }, false) => {
                 candle_nn::ops::layer_norm(&x.contiguous()?, w, b, *eps)?
             }
@@ -94,7 +96,7 @@ impl Norm {
                 x.broadcast_div(&(ms + *eps as f64)?.sqrt()?)?
                     .broadcast_mul(w)?
             }
-            (Norm::RmsF32 { w, eps }, differentiable) => {
+            (Norm::RmsF32 { w, eps }, _) => {
                 let rms = Norm::Rms {
                     w: w.clone(),
                     eps: *eps,
