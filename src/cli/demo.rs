@@ -92,21 +92,20 @@ fn print_report(r: &DemoReport) {
         println!();
     }
     if let Some(s) = &r.steering {
+        let one_line = |t: &str| t.replace('\n', " ⏎ ");
         println!(
-            "generation from {:?}, greedy, {} tokens:",
-            s.prompt,
-            s.plain.split_whitespace().count()
+            "generation from {:?} (greedy, up to {} tokens):",
+            s.prompt, s.max_new_tokens
         );
-        println!("  as is:   {}{}", s.prompt, s.plain);
+        println!("  as is:   {}{}", s.prompt, one_line(&s.plain));
         println!(
-            "  with the {} best {} neurons driven {}× as far as {} drives them: {}{}",
+            "  with the {} best {} neurons driven {}× as far as {} text drives them:",
             s.neurons.len(),
             s.concept,
             s.gain,
-            s.concept,
-            s.prompt,
-            s.clamped
+            s.concept
         );
+        println!("           {}{}", s.prompt, one_line(&s.clamped));
         println!();
     }
 }

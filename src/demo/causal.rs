@@ -47,6 +47,8 @@ pub struct SteeringReport {
     pub neurons: Vec<String>,
     pub gain: f64,
     pub prompt: String,
+    /// Greedy continuations of at most this many tokens.
+    pub max_new_tokens: usize,
     pub plain: String,
     pub clamped: String,
 }
@@ -144,6 +146,7 @@ pub fn steer(
         neurons: findings.iter().map(|f| f.neuron.clone()).collect(),
         gain,
         prompt: prompt.to_string(),
+        max_new_tokens,
         plain: text(&[])?,
         clamped: text(&clamp)?,
     })

@@ -71,6 +71,7 @@ pub struct ConceptReport {
     pub n_control: usize,
     /// Neurons whose activity differs between target and control at q ≤ 0.05 (either way).
     pub significant: usize,
+    /// The `top` neurons most selective for the concept (more active on target than control).
     pub units: Vec<UnitReport>,
     /// The concept's best `LESION_SIZE` neurons lesioned on its evaluation set (models with an LM
     /// head, concepts with an evaluation set).
@@ -188,9 +189,11 @@ pub fn run_demo(
             },
         )?;
         seconds.localize += t.elapsed().as_secs_f64();
+        // Shown: the neurons that respond to the concept (t > 0), the readable half of the list.
         let units = r
             .neurons
             .iter()
+            .filter(|f| f.score > 0.0)
             .take(top)
             .map(|f| {
                 let (site, unit) = atlas.resolve(&f.neuron)?;
