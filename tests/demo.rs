@@ -4,6 +4,7 @@
 //! - SmolLM2-135M-Instruct (the default, a GGUF decoder): lesioning the negation and French
 //!   neurons lowers their continuations' log-probability further than every random same-layer
 //!   set, plain English barely moves, and driving the French neurons changes the generation.
+//!
 //! Each is skipped when its model is absent, unless FTRI_REQUIRE_MINILM=1 / FTRI_REQUIRE_GGUF=1
 //! (CI) makes that a failure.
 
