@@ -80,7 +80,10 @@ fn check_in(fixture_name: &str, dtype: DType, rel_tol: f32) {
     );
     let mut hooks = HookSet::capturing(model.sites());
     let logits = model
-        .forward(&model.batch(&[ids.clone()]).unwrap(), &mut hooks)
+        .forward(
+            &model.batch(std::slice::from_ref(&ids)).unwrap(),
+            &mut hooks,
+        )
         .unwrap()
         .expect("logits");
     let mut failures = vec![];
