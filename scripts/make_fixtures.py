@@ -292,6 +292,17 @@ class Recorder:
             )
         )
 
+    def output_halves(self, module: torch.nn.Module, first_name: str, second_name: str) -> None:
+        """The two halves (last dim) of a fused projection's output, e.g. Phi-3's gate_up_proj."""
+        self.order += [first_name, second_name]
+
+        def store(_m, _a, out):
+            a, b = first(out).chunk(2, dim=-1)
+            self._store(first_name, a)
+            self._store(second_name, b)
+
+        self.handles.append(module.register_forward_hook(store))
+
     def reset(self) -> None:
         self.acts = {}
 
@@ -347,6 +358,40 @@ def hooks_gemma2(model, rec: Recorder) -> None:
         rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
         rec.input(b.mlp.down_proj, p + "mlp.hook_post")
         rec.output(b.post_feedforward_layernorm, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def hooks_olmo2(model, rec: Recorder) -> None:
+    # OLMo 2: no pre-norms, post-norms on the sub-layer outputs (as Gemma 2's sandwich without
+    # its pre-norms): hook_attn_out / hook_mlp_out are the post-norms' outputs, what joins the
+    # residual stream; resid_mid is the MLP's own input.
+    m = model.model
+    rec.output(m.embed_tokens, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.post_attention_layernorm, p + "hook_attn_out")
+        rec.input(b.mlp, p + "hook_resid_mid")
+        rec.output(b.mlp.gate_proj, p + "mlp.hook_pre")
+        rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
+        rec.input(b.mlp.down_proj, p + "mlp.hook_post")
+        rec.output(b.post_feedforward_layernorm, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def hooks_phi3(model, rec: Recorder) -> None:
+    # Phi-3: Llama's wiring; the fused gate_up_proj's first half is the gate (hook_pre), the
+    # second the up projection (hook_pre_linear), as Phi3MLP's chunk(2) splits it.
+    m = model.model
+    rec.output(m.embed_tokens, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.self_attn, p + "hook_attn_out")
+        rec.input(b.post_attention_layernorm, p + "hook_resid_mid")
+        rec.output_halves(b.mlp.gate_up_proj, p + "mlp.hook_pre", p + "mlp.hook_pre_linear")
+        rec.input(b.mlp.down_proj, p + "mlp.hook_post")
+        rec.output(b.mlp, p + "hook_mlp_out")
         rec.output(b, p + "hook_resid_post")
 
 
@@ -621,6 +666,112 @@ def build_gemma3_text(tok: Tokenizer):
     return transformers.Gemma3ForCausalLM, cfg, legacy
 
 
+# Small enough that the fixture texts run past it.
+QWEN3_WINDOW = 4
+
+
+def build_qwen3(tok: Tokenizer):
+    # head_dim 10 != 48 / 6, 3 query heads per key/value head, q/k/v/o biases (attention_bias),
+    # per-head q/k norms, a window of 4 on the layers >= max_window_layers (1), tied embeddings.
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.Qwen3Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=10,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        attention_bias=True,
+        use_sliding_window=True,
+        sliding_window=QWEN3_WINDOW,
+        max_window_layers=1,
+        tie_word_embeddings=True,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    assert cfg.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    # transformers 4 spelling: flat rope_theta and no layer_types (max_window_layers decides)
+    legacy = {"rope_theta": 1000000.0, "layer_types": None}
+    return transformers.Qwen3ForCausalLM, cfg, legacy
+
+
+def build_olmo2(tok: Tokenizer):
+    # head_dim 16 != 48 / 4 (q_norm over 4 * 16 = 64, k_norm over 2 * 16 = 32), GQA, an untied
+    # LM head.
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.Olmo2Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=48,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=False,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    return transformers.Olmo2ForCausalLM, cfg, {"rope_theta": 500000.0}
+
+
+# LongRoPE with 3 frequencies (head_dim 10, partial_rotary_factor 0.6: 6 rotary dims). The fixture
+# texts are shorter than PHI3_ORIGINAL_MAX (short factors); LONG_TEXT is longer (long factors, and
+# cos/sin scaled by sqrt(1 + ln(256 / 32) / ln 32) = 1.2).
+PHI3_ORIGINAL_MAX = 32
+PHI3_SHORT = [1.0, 1.25, 2.5]
+PHI3_LONG = [1.5, 4.0, 9.0]
+PHI3_WINDOW = 6
+
+
+def build_phi3(tok: Tokenizer):
+    # Fused qkv_proj with GQA (4 query, 2 key/value heads), fused gate_up_proj, odd sizes
+    # (d_model 40, d_mlp 72), partial rotary, longrope, a sliding window on every layer, an
+    # untied LM head.
+    cfg = transformers.Phi3Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=40,
+        intermediate_size=72,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        original_max_position_embeddings=PHI3_ORIGINAL_MAX,
+        rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.6,
+            "short_factor": list(PHI3_SHORT),
+            "long_factor": list(PHI3_LONG),
+        },
+        sliding_window=PHI3_WINDOW,
+        tie_word_embeddings=False,
+        bos_token_id=tok.token_to_id("<s>"),
+        eos_token_id=tok.token_to_id("</s>"),
+        pad_token_id=tok.token_to_id("</s>"),
+    )
+    # the hub spelling of Phi-3-mini-128k: flat rope_theta / partial_rotary_factor and
+    # rope_scaling {"type": "longrope", ...}
+    legacy = {
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.6,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": list(PHI3_SHORT),
+            "long_factor": list(PHI3_LONG),
+        },
+    }
+    return transformers.Phi3ForCausalLM, cfg, legacy
+
+
 def gemma_tokenizer() -> Tokenizer:
     # Gemma's special-token ids: <pad> 0, <eos> 1, <bos> 2; BOS is prepended.
     return train_byte_level_bpe(["<pad>", "<eos>", "<bos>"], "<bos>")
@@ -651,11 +802,14 @@ FIXTURE_SPECS = {
     "gemma": (gemma_tokenizer, build_gemma, hooks_llama),
     "gemma2": (gemma_tokenizer, build_gemma2, hooks_gemma2),
     "gemma3_text": (gemma_tokenizer, build_gemma3_text, hooks_gemma2),
+    "qwen3": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_qwen3, hooks_llama),
+    "olmo2": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_olmo2, hooks_olmo2),
+    "phi3": (lambda: train_byte_level_bpe(["<s>", "</s>"], "<s>"), build_phi3, hooks_phi3),
 }
 
 # Fixtures with sliding windows also get long_expected.safetensors: LONG_TEXT (many times the
 # window) with the logits and every block's hook_resid_post.
-LONG_TEXT_FIXTURES = ("gemma2", "gemma3_text")
+LONG_TEXT_FIXTURES = ("gemma2", "gemma3_text", "qwen3", "phi3")
 LONG_TEXT = CORPUS.split("\n\n")[1].replace("\n", " ")
 
 # ---------------------------------------------------------------------------

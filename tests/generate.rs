@@ -46,6 +46,9 @@ fn cached_steps_match_full_forward() {
         "gemma",
         "gemma2",
         "gemma3_text",
+        "qwen3",
+        "olmo2",
+        "phi3",
     ]
     .iter()
     .map(|n| (n.to_string(), load(n)))

@@ -178,3 +178,104 @@ fn smollm2_config_matches_transformers() {
     });
     assert_eq!(c, want);
 }
+
+/// A GGUF with `metadata` (the `{arch}.` keys as written), a 10 × 64 `token_embd` and, unless
+/// `tied`, an `output` matrix, written with candle's GGUF writer.
+fn tiny_gguf(dir: &Path, arch: &str, metadata: &[(&str, u32)], tied: bool) -> std::path::PathBuf {
+    use candle_core::quantized::gguf_file::{write, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String("tiny".into())),
+        (format!("{arch}.block_count"), Value::U32(2)),
+        (format!("{arch}.embedding_length"), Value::U32(64)),
+        (format!("{arch}.feed_forward_length"), Value::U32(96)),
+        (format!("{arch}.attention.head_count"), Value::U32(4)),
+        (format!("{arch}.attention.head_count_kv"), Value::U32(2)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-6),
+        ),
+        (format!("{arch}.rope.freq_base"), Value::F32(1e6)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+    ];
+    for (k, v) in metadata {
+        md.push((format!("{arch}.{k}"), Value::U32(*v)));
+    }
+    let m = QTensor::quantize(
+        &Tensor::zeros((10, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
+    let mut tensors = vec![("token_embd.weight", &m)];
+    if !tied {
+        tensors.push(("output.weight", &m));
+    }
+    let path = dir.join(format!("{arch}.gguf"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write(&mut f, &md, &tensors).unwrap();
+    path
+}
+
+/// Qwen3 and Phi-3 GGUF metadata give the config transformers 5.24 builds from the same
+/// metadata (`load_gguf_checkpoint(path)["config"]`, printed once and copied here, less
+/// `_model_name_or_path`): no head_dim from `rope.dimension_count` or `attention.key_length`
+/// (Qwen3Config's 128 and Phi-3's d_model / heads apply), `vocab_size` from `token_embd` where
+/// transformers falls back to the class default, and the class's `max_position_embeddings` when
+/// `context_length` is absent.
+#[test]
+fn qwen3_and_phi3_gguf_configs_follow_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = serde_json::json!({
+        "bos_token_id": 1, "eos_token_id": 2, "hidden_size": 64, "intermediate_size": 96,
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+        "rms_norm_eps": 9.999999974752427e-07, "rope_theta": 1000000.0, "vocab_size": 10,
+    });
+    let with = |extra: serde_json::Value| {
+        let mut v = common.clone();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let qwen3 = tiny_gguf(
+        dir.path(),
+        "qwen3",
+        &[
+            ("context_length", 40960),
+            ("attention.key_length", 16),
+            ("attention.value_length", 16),
+            ("rope.dimension_count", 16),
+        ],
+        true,
+    );
+    let g = GgufFile::open(&qwen3).unwrap();
+    let c = ftri::model::gguf::config::hf_config(&g).unwrap();
+    assert_eq!(
+        c,
+        with(
+            serde_json::json!({"model_type": "qwen3", "max_position_embeddings": 40960,
+                                "tie_word_embeddings": true})
+        )
+    );
+    let cfg = ModelConfig::from_json(&c, &qwen3).unwrap();
+    assert_eq!((cfg.head_dim, cfg.n_ctx, cfg.qkv_bias), (128, 40960, false));
+
+    let phi3 = tiny_gguf(dir.path(), "phi3", &[("rope.dimension_count", 16)], false);
+    let g = GgufFile::open(&phi3).unwrap();
+    let c = ftri::model::gguf::config::hf_config(&g).unwrap();
+    assert_eq!(
+        c,
+        with(
+            serde_json::json!({"model_type": "phi3", "max_position_embeddings": 4096,
+                                "tie_word_embeddings": false})
+        )
+    );
+    let cfg = ModelConfig::from_json(&c, &phi3).unwrap();
+    assert_eq!((cfg.head_dim, cfg.n_ctx), (16, 4096));
+    assert_eq!(cfg.rope.as_ref().unwrap().rotary_dims, 16);
+    assert!(!cfg.tie_embeddings);
+}

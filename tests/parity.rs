@@ -160,7 +160,10 @@ parity_tests!(
     bert,
     gemma,
     gemma2,
-    gemma3_text
+    gemma3_text,
+    qwen3,
+    olmo2,
+    phi3
 );
 
 /// The real all-MiniLM-L6-v2 (fetched by scripts/fetch_minilm.sh; .ci/run does it). Skipped when
@@ -209,6 +212,9 @@ fn transformers5_config_spelling() {
         "gemma",
         "gemma2",
         "gemma3_text",
+        "qwen3",
+        "olmo2",
+        "phi3",
     ] {
         let src = fixture(name);
         if !src.join("config_v5.json").exists() {
@@ -451,12 +457,13 @@ fn qwen2_sliding_window_only_from_max_window_layers() {
     eprintln!("qwen2 window reference: max|diff| {worst:.3e} (max|attn_out| {scale:.3e})");
 }
 
-/// Gemma 2/3 on a text many times their sliding window (4 tokens; 167 tokens of text): the
-/// logits and every block's output equal transformers' for each position, and the windowed
-/// layers really differ from full attention there.
+/// Gemma 2/3, Qwen3 and Phi-3 on a text many times their sliding window (4 to 6 tokens; ~167
+/// tokens of text): the logits and every block's output equal transformers' for each position,
+/// and the windowed layers really differ from full attention there. (Phi-3's text is also past
+/// its `original_max_position_embeddings`, 32: LongRoPE's long factors and attention factor.)
 #[test]
 fn gemma_sliding_windows_on_a_long_text() {
-    for name in ["gemma2", "gemma3_text"] {
+    for name in ["gemma2", "gemma3_text", "qwen3", "phi3"] {
         let dir = fixture(name);
         let path = dir.join("long_expected.safetensors");
         let expected = load_tensors(&path);

@@ -51,6 +51,15 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position: f64,
     },
+    /// LongRoPE (Phi-3): frequency i is divided by `short_factor[i]` while the sequence (its last
+    /// position + 1) is at most `original_max_position`, by `long_factor[i]` beyond it; cos and
+    /// sin are multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position: usize,
+        attention_factor: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

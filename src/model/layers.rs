@@ -72,6 +72,15 @@ pub enum Norm {
         w: Tensor,
         eps: f32,
     },
+    /// No norm: the input passes unchanged (OLMo 2 has no pre-attention / pre-MLP norms). `w` is
+    /// ones, so `gain()` reads "gain 1".
+    Identity {
+        w: Tensor,
+    },
+    /// A norm over all heads of a position at once, applied to per-head tensors [B, H, T, Dh]:
+    /// they are viewed as [B, T, H·Dh], normed, and put back (OLMo 2's `q_norm` / `k_norm`, which
+    /// norm the whole q / k projection before it is split into heads).
+    AcrossHeads(Box<Norm>),
 }
 
 impl Norm {
@@ -104,6 +113,23 @@ impl Norm {
                 rms.forward(&x.to_dtype(DType::F32)?, differentiable)?
                     .to_dtype(x.dtype())?
             }
+            (Norm::Identity { .. }, _) => x.clone(),
+            (Norm::AcrossHeads(inner), _) => {
+                let (b, h, t, dh) = x.dims4()?;
+                let flat = x.transpose(1, 2)?.reshape((b, t, h * dh))?;
+                inner
+                    .forward(&flat, differentiable)?
+                    .reshape((b, t, h, dh))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+            }
+        })
+    }
+
+    /// The identity, for a block without a norm in that place (`gain()` is ones of `dim`).
+    pub fn identity(dim: usize, device: &Device, dtype: DType) -> Result<Norm> {
+        Ok(Norm::Identity {
+            w: Tensor::ones(dim, dtype, device)?,
         })
     }
 
@@ -119,7 +145,11 @@ impl Norm {
     /// The gain vector (used by `describe` to fold the final norm into the unembedding).
     pub fn gain(&self) -> &Tensor {
         match self {
-            Norm::Layer { w, .. } | Norm::Rms { w, .. } | Norm::RmsF32 { w, .. } => w,
+            Norm::Layer { w, .. }
+            | Norm::Rms { w, .. }
+            | Norm::RmsF32 { w, .. }
+            | Norm::Identity { w } => w,
+            Norm::AcrossHeads(inner) => inner.gain(),
         }
     }
 }
@@ -144,24 +174,36 @@ pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     rotary_dims: usize,
+    /// LongRoPE (Phi-3): the tables of the long factors and the length past which they apply
+    /// (transformers switches when the last position + 1 exceeds `original_max_position`).
+    long: Option<(Tensor, Tensor, usize)>,
 }
 
 impl Rope {
     pub fn new(cfg: &RopeConfig, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
         let dim = cfg.rotary_dims;
         // transformers computes inv_freq in f32: 1 / theta^(2i/dim)
-        let mut inv_freq: Vec<f32> = (0..dim / 2)
-            .map(|i| (1.0 / cfg.theta.powf((2 * i) as f64 / dim as f64)) as f32)
-            .collect();
-        match cfg.scaling {
+        let base = |i: usize| cfg.theta.powf((2 * i) as f64 / dim as f64);
+        let mut inv_freq: Vec<f32> = (0..dim / 2).map(|i| (1.0 / base(i)) as f32).collect();
+        let mut long = None;
+        let mut scale = 1.0;
+        match &cfg.scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor as f32),
+            RopeScaling::Linear { factor } => {
+                inv_freq.iter_mut().for_each(|f| *f /= *factor as f32)
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position,
             } => {
+                let (factor, low_freq_factor, high_freq_factor, original_max_position) = (
+                    *factor,
+                    *low_freq_factor,
+                    *high_freq_factor,
+                    *original_max_position,
+                );
                 let low_wavelen = original_max_position / low_freq_factor;
                 let high_wavelen = original_max_position / high_freq_factor;
                 for f in inv_freq.iter_mut() {
@@ -184,25 +226,66 @@ impl Rope {
                     *f = out as f32;
                 }
             }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position,
+                attention_factor,
+            } => {
+                // transformers: inv_freq = 1 / (ext_factors * theta^(2i/dim)), cos and sin times
+                // the attention factor
+                let with = |ext: &[f64]| -> Vec<f32> {
+                    (0..dim / 2)
+                        .map(|i| (1.0 / (ext[i] * base(i))) as f32)
+                        .collect()
+                };
+                inv_freq = with(short_factor);
+                scale = *attention_factor;
+                let (c, s) = Self::tables(with(long_factor), max_pos, scale, device, dtype)?;
+                long = Some((c, s, *original_max_position));
+            }
         }
+        let (cos, sin) = Self::tables(inv_freq, max_pos, scale, device, dtype)?;
+        Ok(Self {
+            cos,
+            sin,
+            rotary_dims: dim,
+            long,
+        })
+    }
+
+    /// cos and sin of position × frequency for positions 0..max_pos, times `scale`.
+    fn tables(
+        inv_freq: Vec<f32>,
+        max_pos: usize,
+        scale: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
         let n = inv_freq.len();
         let inv = Tensor::from_vec(inv_freq, (1, n), device)?;
         let pos = Tensor::arange(0u32, max_pos as u32, device)?
             .to_dtype(DType::F32)?
             .reshape((max_pos, 1))?;
         let freqs = pos.broadcast_mul(&inv)?;
-        Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            rotary_dims: dim,
-        })
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let (cos, sin) = if scale == 1.0 {
+            (cos, sin)
+        } else {
+            ((cos * scale)?, (sin * scale)?)
+        };
+        Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
     }
 
     /// x: [B, H, T, Dh] contiguous, its first token at position `offset`.
     pub fn apply(&self, x: &Tensor, differentiable: bool, offset: usize) -> Result<Tensor> {
         let (_, _, t, dh) = x.dims4()?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        let (cos, sin) = match &self.long {
+            Some((c, s, original)) if offset + t > *original => (c, s),
+            _ => (&self.cos, &self.sin),
+        };
+        let cos = cos.narrow(0, offset, t)?;
+        let sin = sin.narrow(0, offset, t)?;
         let rotate = |x: &Tensor| -> Result<Tensor> {
             Ok(if differentiable {
                 candle_nn::rotary_emb::rope_slow(x, &cos, &sin)?

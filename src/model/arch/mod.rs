@@ -41,6 +41,9 @@ pub mod gemma;
 pub mod gpt2;
 pub mod llama;
 pub mod neox;
+pub mod olmo2;
+pub mod phi3;
+pub mod qwen3;
 
 use super::config::{Fields, ModelConfig};
 use super::transformer::Parts;
@@ -72,6 +75,9 @@ pub static REGISTRY: &[ArchEntry] = &[
     gemma::GEMMA,
     gemma::GEMMA2,
     gemma::GEMMA3_TEXT,
+    qwen3::QWEN3,
+    olmo2::OLMO2,
+    phi3::PHI3,
 ];
 
 /// The architecture a config was read as: its `model_type` and the registry entry it matched.
@@ -187,7 +193,10 @@ mod tests {
                 "bert",
                 "gemma",
                 "gemma2",
-                "gemma3_text"
+                "gemma3_text",
+                "qwen3",
+                "olmo2",
+                "phi3"
             ]
         );
         for name in [
@@ -200,6 +209,9 @@ mod tests {
             "gemma",
             "gemma2",
             "gemma3_text",
+            "qwen3",
+            "olmo2",
+            "phi3",
         ] {
             let dir = fixture(name);
             let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
@@ -216,13 +228,13 @@ mod tests {
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
+            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3)"
         );
         v.as_object_mut().unwrap().remove("model_type");
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
+            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3)"
         );
     }
 

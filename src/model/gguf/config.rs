@@ -5,11 +5,13 @@
 //! `GGUF_CONFIG_MAPPING` (`integrations/ggml.py`), so a `.gguf` gives the model
 //! `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` gives:
 //! - `general.architecture` picks the family: `llama` (`mistral` when `general.name` is exactly
-//!   `mistral`, as transformers tests it), `qwen2`, `gemma3` (→ `gemma3_text`, the text backbone);
+//!   `mistral`, as transformers tests it), `qwen2`, `gemma3` (→ `gemma3_text`, the text backbone),
+//!   `qwen3`, `phi3`;
 //! - `{arch}.block_count`, `context_length`, `embedding_length`, `feed_forward_length`,
 //!   `attention.head_count`, `attention.head_count_kv`, `attention.layer_norm_rms_epsilon`,
 //!   `rope.freq_base` map to their config.json names; `rope.dimension_count` is `head_dim` for
-//!   llama/mistral only, `attention.key_length` is `head_dim` for gemma3, and
+//!   llama/mistral only (qwen3 and phi3 keep their config classes' head_dim: 128 for Qwen3,
+//!   d_model / heads for Phi-3), `attention.key_length` is `head_dim` for gemma3, and
 //!   `attention.sliding_window` is gemma3's `sliding_window`;
 //! - `vocab_size` is `{arch}.vocab_size`, else the length of `tokenizer.ggml.tokens` (else, where
 //!   transformers would fall back to a class default, the rows of `token_embd.weight`);
@@ -29,7 +31,7 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::{json, Map, Value as Json};
 
 /// The `general.architecture` values ftri loads.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "gemma3", "qwen3", "phi3"];
 
 /// A metadata value as JSON (numbers widened to f64/u64/i64 as Python would print them).
 pub fn to_json(v: &Value) -> Json {
@@ -85,6 +87,8 @@ pub fn model_type(g: &GgufFile) -> Result<&'static str> {
             _ => "llama",
         },
         "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
+        "phi3" => "phi3",
         _ => "gemma3_text",
     })
 }
@@ -190,7 +194,8 @@ pub fn hf_config(g: &GgufFile) -> Result<Json> {
     // the config classes' defaults where ftri's translation has none or another
     let default_ctx = match model_type {
         "llama" => 2048,
-        "mistral" | "qwen2" => 32768,
+        "mistral" | "qwen2" | "qwen3" => 32768,
+        "phi3" => 4096,
         _ => 131072,
     };
     c.entry("max_position_embeddings")

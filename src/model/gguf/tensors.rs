@@ -44,6 +44,7 @@ fn block_name(stem: &str, gemma: bool) -> Option<&'static str> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
@@ -77,12 +78,21 @@ pub fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     Some(format!("{hf}.{suffix}"))
 }
 
+/// Phi-3's `ffn_up` is the fused gate and up projection (gguf-py: `mlp.gate_up_proj`).
+fn phi3_name(hf: String) -> String {
+    match hf.strip_suffix(".mlp.up_proj.weight") {
+        Some(stem) => format!("{stem}.mlp.gate_up_proj.weight"),
+        None => hf,
+    }
+}
+
 impl GgufWeights {
     /// Index `file`'s tensors by HF name; `config` is the HF config built from it (for the head
     /// counts of the q/k permutation).
     pub fn new(file: GgufFile, config: &serde_json::Value) -> Result<Self> {
         let arch = architecture(&file)?.to_string();
         let gemma = model_type(&file)? == "gemma3_text";
+        let phi3 = model_type(&file)? == "phi3";
         let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
         let kv_heads = config["num_key_value_heads"]
             .as_u64()
@@ -90,9 +100,12 @@ impl GgufWeights {
             .unwrap_or(heads);
         let mut map = HashMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            let Some(hf) = hf_name(&t.name, gemma) else {
+            let Some(mut hf) = hf_name(&t.name, gemma) else {
                 continue;
             };
+            if phi3 {
+                hf = phi3_name(hf);
+            }
             let fix = if arch == "llama" && t.name.contains(".attn_q.") {
                 Fix::Unpermute(heads)
             } else if arch == "llama" && t.name.contains(".attn_k.") {
@@ -188,6 +201,23 @@ mod tests {
         assert_eq!(hf_name("output.weight", false).unwrap(), "lm_head.weight");
         assert_eq!(hf_name("rope_freqs.weight", false), None);
         assert_eq!(hf_name("blk.x.attn_q.weight", false), None);
+        // Phi-3's fused projections, Qwen3's q/k norms
+        assert_eq!(
+            hf_name("blk.1.attn_qkv.weight", false).unwrap(),
+            "model.layers.1.self_attn.qkv_proj.weight"
+        );
+        assert_eq!(
+            phi3_name(hf_name("blk.1.ffn_up.weight", false).unwrap()),
+            "model.layers.1.mlp.gate_up_proj.weight"
+        );
+        assert_eq!(
+            phi3_name(hf_name("blk.1.ffn_down.weight", false).unwrap()),
+            "model.layers.1.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.2.attn_k_norm.weight", false).unwrap(),
+            "model.layers.2.self_attn.k_norm.weight"
+        );
     }
 
     /// Undoing llama.cpp's permutation (`reshape(n, 2, d).swapaxes(1, 2)`) gives the rows back.
