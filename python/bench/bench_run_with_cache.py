@@ -58,9 +58,12 @@ def main():
         import transformers
 
         torch.set_num_threads(a.threads)
-        tok = transformers.AutoTokenizer.from_pretrained(a.model)
+        if os.path.isfile(os.path.join(a.model, "tokenizer_config.json")):
+            tok = transformers.AutoTokenizer.from_pretrained(a.model)
+        else:  # a planted checkpoint (`ftri plant`) has tokenizer.json alone
+            tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(a.model, "tokenizer.json"))
         if tok.pad_token is None:
-            tok.pad_token = tok.eos_token or tok.unk_token
+            tok.pad_token = tok.eos_token or tok.unk_token or tok.convert_ids_to_tokens(0)  # masked out
         model = transformers.AutoModel.from_pretrained(a.model, dtype=torch.float32).eval()
         downs = [
             m

@@ -97,3 +97,10 @@ def test_record_progress_and_refusal(tmp_path, llama):
     with pytest.raises(ftri.FtriError):  # exists, no force
         ftri.record(llama, corpus, tmp_path / "a", progress=False)
     ftri.record(llama, corpus, tmp_path / "a", progress=False, force=True, top_k=2)
+
+
+def test_mean_intervention_reads_the_atlas(atlases, llama):
+    d, _ = atlases
+    a = ftri.Atlas.open(d / "py")
+    _, c = llama.run_with_cache("the dog barked", names="blocks.0.mlp.hook_post", interventions=[("0.3", "mean")], atlas=d / "py")
+    assert np.allclose(c["blocks.0.mlp.hook_post"][0][:, 3], a.table(0).loc["0.3", "mean"], rtol=1e-6)
