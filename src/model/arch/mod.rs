@@ -40,6 +40,7 @@ pub mod bert;
 pub mod gemma;
 pub mod gpt2;
 pub mod llama;
+pub mod moe;
 pub mod neox;
 
 use super::config::{Fields, ModelConfig};
@@ -72,6 +73,10 @@ pub static REGISTRY: &[ArchEntry] = &[
     gemma::GEMMA,
     gemma::GEMMA2,
     gemma::GEMMA3_TEXT,
+    moe::MIXTRAL,
+    moe::QWEN2_MOE,
+    moe::QWEN3_MOE,
+    moe::OLMOE,
 ];
 
 /// The architecture a config was read as: its `model_type` and the registry entry it matched.
@@ -187,7 +192,11 @@ mod tests {
                 "bert",
                 "gemma",
                 "gemma2",
-                "gemma3_text"
+                "gemma3_text",
+                "mixtral",
+                "qwen2_moe",
+                "qwen3_moe",
+                "olmoe"
             ]
         );
         for name in [
@@ -212,17 +221,17 @@ mod tests {
     fn model_type_errors_list_the_registry() {
         let file = Path::new("x/config.json");
         let mut v = read_json(&fixture("llama").join("config.json"));
-        v["model_type"] = "mixtral".into();
+        v["model_type"] = "mamba".into();
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
+            "x/config.json: unsupported model_type `mamba` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, mixtral, qwen2_moe, qwen3_moe, olmoe)"
         );
         v.as_object_mut().unwrap().remove("model_type");
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text)"
+            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, mixtral, qwen2_moe, qwen3_moe, olmoe)"
         );
     }
 
