@@ -46,6 +46,10 @@ fn cached_steps_match_full_forward() {
         "gemma",
         "gemma2",
         "gemma3_text",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "olmoe",
     ]
     .iter()
     .map(|n| (n.to_string(), load(n)))
