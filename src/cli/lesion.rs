@@ -94,14 +94,21 @@ pub fn run(a: LesionArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    println!(
-        "{} neurons, op {}, {} prompts",
-        r.neurons.len(),
-        r.op,
-        r.n_eval
-    );
+    if !r.neurons.is_empty() {
+        println!(
+            "{} neurons, op {}, {} prompts",
+            r.neurons.len(),
+            r.op,
+            r.n_eval
+        );
+    }
     if !r.experts.is_empty() {
-        println!("experts switched off: {}", r.experts.join(","));
+        println!(
+            "{} experts switched off ({}), {} prompts",
+            r.experts.len(),
+            r.experts.join(","),
+            r.n_eval
+        );
     }
     println!("                 mean log p(target)   accuracy");
     for (name, s) in [("baseline", &r.baseline), ("intervened", &r.intervened)] {
