@@ -234,3 +234,46 @@ fn bad_expert_ids_are_one_line_user_errors() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("mixture of experts"), "{err}");
 }
+
+/// Gradients flow through the routing weights and the scatter of expert outputs (attribution on
+/// expert neurons): d(logit sum)/d(expert neurons) is nonzero only at routed tokens.
+#[test]
+fn gradients_reach_expert_neurons_at_routed_tokens() {
+    let m = load("olmoe");
+    let site = Site::Block(0, SiteKind::Expert(2, ExpertHook::Post));
+    let mut hooks = HookSet::new();
+    hooks.track_gradient(site);
+    hooks.capture(Site::Block(0, SiteKind::ExpertIndices));
+    let ids = m.encode("Alice didn't pay $4.5 for 12 pears.").unwrap();
+    let logits = m
+        .forward(&m.batch(&[ids]).unwrap(), &mut hooks)
+        .unwrap()
+        .unwrap();
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let (_, g) = hooks.gradient(site, &grads).unwrap().unwrap();
+    let g: Vec<f32> = g
+        .get(0)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let idx: Vec<Vec<f32>> = hooks
+        .get(Site::Block(0, SiteKind::ExpertIndices))
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert!(idx.iter().any(|r| r.contains(&2.0)), "expert 2 unused");
+    for (t, row) in idx.iter().enumerate() {
+        assert_eq!(
+            g[t] > 0.0,
+            row.contains(&2.0),
+            "token {t}: gradient {}",
+            g[t]
+        );
+    }
+}
