@@ -277,3 +277,54 @@ fn gradients_reach_expert_neurons_at_routed_tokens() {
         );
     }
 }
+
+/// transformers 5's in-memory layout, experts fused into 3-D tensors (`experts.gate_up_proj`
+/// [E, 2I, d] with the gate rows first, `experts.down_proj` [E, d, I]), loads to the same model.
+#[test]
+fn fused_expert_tensors_load_to_the_same_model() {
+    let src = fixture("olmoe");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut ts =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let m = load("olmoe");
+    let n = m.cfg.moe.as_ref().unwrap().n_experts;
+    for l in 0..m.cfg.n_layers {
+        let p = format!("model.layers.{l}.mlp.experts");
+        let take =
+            |ts: &mut std::collections::HashMap<String, candle_core::Tensor>, e: usize, w: &str| {
+                ts.remove(&format!("{p}.{e}.{w}.weight")).unwrap()
+            };
+        let (mut gu, mut down) = (vec![], vec![]);
+        for e in 0..n {
+            let g = take(&mut ts, e, "gate_proj");
+            let u = take(&mut ts, e, "up_proj");
+            gu.push(candle_core::Tensor::cat(&[g, u], 0).unwrap());
+            down.push(take(&mut ts, e, "down_proj"));
+        }
+        ts.insert(
+            format!("{p}.gate_up_proj"),
+            candle_core::Tensor::stack(&gu, 0).unwrap(),
+        );
+        ts.insert(
+            format!("{p}.down_proj"),
+            candle_core::Tensor::stack(&down, 0).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&ts, tmp.path().join("model.safetensors")).unwrap();
+    let fused = Model::load(tmp.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let ids = m.encode("Alice didn't pay").unwrap();
+    let run = |m: &Model| {
+        m.forward(
+            &m.batch(std::slice::from_ref(&ids)).unwrap(),
+            &mut HookSet::new(),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let (diff, tol, ok) = close(&run(&fused), &run(&m));
+    assert!(ok, "fused vs per-expert: {diff:.3e} > {tol:.3e}");
+}
