@@ -242,6 +242,12 @@ def rerandomize(model: torch.nn.Module, seed: int) -> None:
             fan_in = m.weight.shape[0]
             assign(m.weight, lambda: normal(m.weight.shape, 1.0 / math.sqrt(fan_in)))
             assign(m.bias, lambda: normal(m.bias.shape, 0.1))
+        elif hasattr(m, "gate_up_proj") and hasattr(m, "down_proj"):
+            # transformers 5's fused experts: [E, 2I, d] and [E, d, I]
+            assign(m.gate_up_proj, lambda: normal(m.gate_up_proj.shape, 1.0 / math.sqrt(m.gate_up_proj.shape[-1])))
+            assign(m.down_proj, lambda: normal(m.down_proj.shape, 1.0 / math.sqrt(m.down_proj.shape[-1])))
+        elif type(m).__name__.endswith("TopKRouter"):
+            assign(m.weight, lambda: normal(m.weight.shape, 1.0 / math.sqrt(m.weight.shape[-1])))
         elif is_norm(m):
             assign(m.weight, lambda: 1.0 + normal(m.weight.shape, 0.1))
             assign(getattr(m, "bias", None), lambda: normal(m.bias.shape, 0.1))
@@ -337,6 +343,75 @@ def hooks_llama(model, rec: Recorder) -> None:
         rec.output(b.mlp.gate_proj, p + "mlp.hook_pre")
         rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
         rec.input(b.mlp.down_proj, p + "mlp.hook_post")
+        rec.output(b.mlp, p + "hook_mlp_out")
+        rec.output(b, p + "hook_resid_post")
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    # MoE modules see the hidden states flattened to [tokens, ·]; fixtures run batch size 1
+    return t.unsqueeze(0)
+
+
+def record_moe_block(mlp, rec: Recorder, p: str) -> None:
+    """A sparse MoE block's routing and per-expert hooks, computed from transformers' own module
+    outputs: the router's logits / weights / indices as it returns them, and each expert's gate,
+    up and act(gate)*up recomputed from the experts module's inputs exactly as its eager forward
+    does (zero at the tokens not routed to the expert)."""
+    gate, experts = mlp.gate, mlp.experts
+    names = ["mlp.hook_router_logits", "mlp.hook_expert_weights", "mlp.hook_expert_indices"]
+    n_exp = experts.num_experts
+    for e in range(n_exp):
+        names += [f"mlp.experts.{e}.{h}" for h in ("hook_pre", "hook_pre_linear", "hook_post")]
+    rec.order.extend(p + n for n in names)
+
+    def on_gate(_m, _a, out):
+        logits, weights, indices = out
+        rec._store(p + names[0], _flat(logits))
+        rec._store(p + names[1], _flat(weights))
+        rec._store(p + names[2], _flat(indices.to(torch.float32)))
+
+    def on_experts(_m, args, kwargs):
+        x, idx = args[0], args[1]
+        inter = experts.down_proj.shape[-1]
+        for e in range(n_exp):
+            acts = {h: torch.zeros(x.shape[0], inter) for h in ("hook_pre", "hook_pre_linear", "hook_post")}
+            tok, _pos = torch.where(idx == e)
+            if len(tok):
+                g, u = torch.nn.functional.linear(x[tok], experts.gate_up_proj[e]).chunk(2, dim=-1)
+                acts["hook_pre"][tok] = g
+                acts["hook_pre_linear"][tok] = u
+                acts["hook_post"][tok] = experts.act_fn(g) * u
+            for h, t in acts.items():
+                rec._store(f"{p}mlp.experts.{e}.{h}", _flat(t))
+
+    rec.handles.append(gate.register_forward_hook(on_gate))
+    rec.handles.append(experts.register_forward_pre_hook(on_experts, with_kwargs=True))
+    if hasattr(mlp, "shared_expert"):
+        name = p + "mlp.shared_expert.hook_post"
+        rec.order.append(name)
+        rec.handles.append(
+            mlp.shared_expert.down_proj.register_forward_pre_hook(
+                lambda _m, a: rec._store(name, _flat(a[0]))
+            )
+        )
+
+
+def hooks_moe(model, rec: Recorder) -> None:
+    # Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: Llama's layout with sparse MoE blocks as `mlp`
+    # (dense `*MLP` modules on the layers `mlp_only_layers` / `decoder_sparse_step` leave dense).
+    m = model.model
+    rec.output(m.embed_tokens, "hook_embed")
+    for l, b in enumerate(m.layers):
+        p = f"blocks.{l}."
+        rec.input(b, p + "hook_resid_pre")
+        rec.output(b.self_attn, p + "hook_attn_out")
+        rec.input(b.post_attention_layernorm, p + "hook_resid_mid")
+        if hasattr(b.mlp, "experts"):
+            record_moe_block(b.mlp, rec, p)
+        else:
+            rec.output(b.mlp.gate_proj, p + "mlp.hook_pre")
+            rec.output(b.mlp.up_proj, p + "mlp.hook_pre_linear")
+            rec.input(b.mlp.down_proj, p + "mlp.hook_post")
         rec.output(b.mlp, p + "hook_mlp_out")
         rec.output(b, p + "hook_resid_post")
 
@@ -770,6 +845,61 @@ def build_phi3(tok: Tokenizer):
         },
     }
     return transformers.Phi3ForCausalLM, cfg, legacy
+# Mixture-of-experts fixtures: odd sizes, GQA, top-2 of 5-7 experts, three layers.
+def _moe_common(tok: Tokenizer) -> dict:
+    return dict(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        num_experts_per_tok=2,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+
+
+def build_mixtral(tok: Tokenizer):
+    cfg = transformers.MixtralConfig(
+        **_moe_common(tok), intermediate_size=36, num_local_experts=5, sliding_window=None,
+        bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
+    )
+    return transformers.MixtralForCausalLM, cfg, {"rope_theta": 10000.0}
+
+
+def build_qwen2_moe(tok: Tokenizer):
+    # layer 1 is dense (mlp_only_layers); unnormalized top-k weights; a shared expert
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.Qwen2MoeConfig(
+        **_moe_common(tok), intermediate_size=40, moe_intermediate_size=20,
+        shared_expert_intermediate_size=28, num_experts=6, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[1], use_sliding_window=False,
+        bos_token_id=eot, eos_token_id=eot,
+    )
+    return transformers.Qwen2MoeForCausalLM, cfg, {"rope_theta": 10000.0, "qkv_bias": None, "layer_types": None}
+
+
+def build_qwen3_moe(tok: Tokenizer):
+    # per-head q/k norms, head_dim 12 != 48 / 6, renormalized top-k, every second layer sparse
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.Qwen3MoeConfig(
+        **_moe_common(tok), head_dim=12, intermediate_size=40, moe_intermediate_size=22,
+        num_experts=7, norm_topk_prob=True, decoder_sparse_step=2, mlp_only_layers=[],
+        bos_token_id=eot, eos_token_id=eot,
+    )
+    return transformers.Qwen3MoeForCausalLM, cfg, {"rope_theta": 10000.0}
+
+
+def build_olmoe(tok: Tokenizer):
+    # q/k norms over the whole projections, unnormalized top-k weights
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = transformers.OlmoeConfig(
+        **_moe_common(tok), intermediate_size=26, num_experts=6, norm_topk_prob=False,
+        clip_qkv=None, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+    )
+    return transformers.OlmoeForCausalLM, cfg, {"rope_theta": 10000.0}
 
 
 def gemma_tokenizer() -> Tokenizer:
@@ -805,7 +935,47 @@ FIXTURE_SPECS = {
     "qwen3": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_qwen3, hooks_llama),
     "olmo2": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_olmo2, hooks_olmo2),
     "phi3": (lambda: train_byte_level_bpe(["<s>", "</s>"], "<s>"), build_phi3, hooks_phi3),
+    "mixtral": (lambda: train_byte_level_bpe(["<s>", "</s>"], "<s>"), build_mixtral, hooks_moe),
+    "qwen2_moe": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_qwen2_moe, hooks_moe),
+    "qwen3_moe": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_qwen3_moe, hooks_moe),
+    "olmoe": (lambda: train_byte_level_bpe(["<|endoftext|>"], None), build_olmoe, hooks_moe),
 }
+
+# Mixture-of-experts fixtures also get switch_off_expected.safetensors: the logits and each
+# layer's hook_expert_indices with SWITCH_OFF's experts' router logits forced to -inf before
+# the top-k (the reference for `ftri lesion --experts`).
+MOE_FIXTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+
+
+def switch_off_reference(model, rec: Recorder, ids: list[int], off: dict[int, list[int]]) -> dict:
+    """Run with the router of layer L choosing among the experts not in off[L]: the router's own
+    forward with those logit columns set to -inf before its softmax and top-k."""
+    patched = []
+    for l, experts in off.items():
+        gate = model.model.layers[l].mlp.gate
+        orig = gate.forward
+
+        def forward(hidden_states, _orig=orig, _gate=gate, _experts=experts):
+            logits = torch.nn.functional.linear(hidden_states.reshape(-1, _gate.hidden_dim), _gate.weight)
+            masked = logits.clone()
+            masked[:, _experts] = float("-inf")
+            w = _gate.weight
+            # the module's own arithmetic on the masked logits (softmax in f32, top-k, renorm iff)
+            probs = torch.nn.functional.softmax(masked.float(), dim=-1)
+            top, idx = torch.topk(probs, _gate.top_k, dim=-1)
+            if getattr(_gate, "norm_topk_prob", True):
+                top = top / top.sum(dim=-1, keepdim=True)
+            return masked, top.to(w.dtype), idx
+
+        gate.forward = forward
+        patched.append((gate, orig))
+    try:
+        acts = run(model, rec, ids, False)
+    finally:
+        for gate, orig in patched:
+            gate.forward = orig
+    return acts
+
 
 # Fixtures with sliding windows also get long_expected.safetensors: LONG_TEXT (many times the
 # window) with the logits and every block's hook_resid_post.
@@ -918,6 +1088,8 @@ def make_fixture(name: str) -> dict:
     # Eager attention: the reference should be the plain softmax(QK^T)V maths,
     # not whichever fused SDPA kernel the local torch build happens to pick.
     cfg._attn_implementation = "eager"
+    if name in MOE_FIXTURES:
+        cfg._experts_implementation = "eager"  # the per-expert loop, not a fused kernel
     model = model_cls(cfg).to(torch.float32).eval()
     rerandomize(model, seed_for(name))
     model.save_pretrained(str(out))
@@ -950,6 +1122,8 @@ def make_fixture(name: str) -> dict:
     # --- batch texts -------------------------------------------------------
     batch = {}
     batch_keys = ["blocks.0.mlp.hook_post", f"blocks.{last}.hook_resid_post"]
+    if hasattr(getattr(model, "model", None), "layers") and hasattr(model.model.layers[0].mlp, "experts"):
+        batch_keys[0] = "blocks.0.hook_mlp_out"  # a mixture-of-experts layer has no dense neurons
     if not is_bert:
         batch_keys.append("logits")
     lengths = []
@@ -964,6 +1138,28 @@ def make_fixture(name: str) -> dict:
     safetensors.torch.save_file(
         batch, str(out / "batch_expected.safetensors"), metadata={"texts": json.dumps(BATCH_TEXTS)}
     )
+
+    # --- expert switch-off (MoE) -------------------------------------------
+    if name in MOE_FIXTURES:
+        sparse = [l for l, b in enumerate(model.model.layers) if hasattr(b.mlp, "experts")]
+        # switch off the most used expert of the first sparse layer and expert 1 of the last
+        l0, l1 = sparse[0], sparse[-1]
+        used = acts[f"blocks.{l0}.mlp.hook_expert_indices"].flatten().long().bincount()
+        off = {l0: [int(used.argmax())]}
+        off.setdefault(l1, []).append(1)
+        sacts = switch_off_reference(model, rec, ids, off)
+        spec = ",".join(f"{l}.e{e}" for l in sorted(off) for e in off[l])
+        soff = {"input_ids": torch.tensor(ids, dtype=torch.int64), "logits": sacts["logits"]}
+        for l in sparse:
+            soff[f"blocks.{l}.mlp.hook_expert_indices"] = sacts[f"blocks.{l}.mlp.hook_expert_indices"]
+            soff[f"blocks.{l}.mlp.hook_expert_weights"] = sacts[f"blocks.{l}.mlp.hook_expert_weights"]
+        for l, es in off.items():
+            assert not any(e in sacts[f"blocks.{l}.mlp.hook_expert_indices"].long().flatten().tolist() for e in es)
+        assert not torch.allclose(sacts["logits"], acts["logits"]), "switch-off changed nothing"
+        safetensors.torch.save_file(
+            soff, str(out / "switch_off_expected.safetensors"), metadata={"text": MAIN_TEXT, "experts": spec}
+        )
+        print(f"{name}: switch-off {spec}")
 
     # --- long text (sliding windows) ---------------------------------------
     if name in LONG_TEXT_FIXTURES:
@@ -988,6 +1184,8 @@ def make_fixture(name: str) -> dict:
             continue
         cfg2 = transformers.AutoConfig.from_pretrained(str(out / cfg_file))
         cfg2._attn_implementation = "eager"
+        if name in MOE_FIXTURES:
+            cfg2._experts_implementation = "eager"
         m2 = model_cls.from_pretrained(str(out), config=cfg2).to(torch.float32).eval()
         r2 = Recorder()
         install_hooks(m2, r2)

@@ -49,6 +49,10 @@ fn cached_steps_match_full_forward() {
         "qwen3",
         "olmo2",
         "phi3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "olmoe",
     ]
     .iter()
     .map(|n| (n.to_string(), load(n)))

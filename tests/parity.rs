@@ -99,10 +99,15 @@ fn check_batch(dir: &Path) {
     );
     let mut hooks = HookSet::new();
     let last = model.cfg.n_layers - 1;
-    let names = [
-        "blocks.0.mlp.hook_post".to_string(),
-        format!("blocks.{last}.hook_resid_post"),
-    ];
+    // a mixture-of-experts layer 0 has no dense neurons: its block output instead
+    let first = match model
+        .sites()
+        .contains(&Site::parse("blocks.0.mlp.hook_post").unwrap())
+    {
+        true => "blocks.0.mlp.hook_post",
+        false => "blocks.0.hook_mlp_out",
+    };
+    let names = [first.to_string(), format!("blocks.{last}.hook_resid_post")];
     for n in &names {
         hooks.capture(Site::parse(n).unwrap());
     }
@@ -163,7 +168,11 @@ parity_tests!(
     gemma3_text,
     qwen3,
     olmo2,
-    phi3
+    phi3,
+    mixtral,
+    qwen2_moe,
+    qwen3_moe,
+    olmoe
 );
 
 /// The real all-MiniLM-L6-v2 (fetched by scripts/fetch_minilm.sh; .ci/run does it). Skipped when

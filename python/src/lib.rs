@@ -440,6 +440,7 @@ fn lesion(
             &m,
             &LesionRequest {
                 neurons,
+                experts: vec![],
                 op,
                 positions,
                 eval,

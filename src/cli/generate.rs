@@ -1,7 +1,9 @@
-//! `ftri generate`: text generation, optionally with neurons held at a value on every step.
+//! `ftri generate`: text generation, optionally with neurons held at a value or experts switched
+//! off on every step.
 
 use super::lesion::parse_positions;
 use super::ModelArgs;
+use crate::intervene::experts::{parse_expert_set, switch_off};
 use crate::intervene::lesion::{build, open_atlas};
 use crate::intervene::{parse_neuron_set, OpSpec};
 use crate::model::generate::{generate, GenerateOptions};
@@ -19,6 +21,9 @@ pub struct GenerateArgs {
     /// Neurons to intervene on while generating (`3.17,5.2040` or a file)
     #[arg(long)]
     pub neurons: Option<String>,
+    /// Experts to switch off while generating (mixture-of-experts models): `3.e5,7.e1`
+    #[arg(long)]
+    pub experts: Option<String>,
     /// zero, mean (needs --atlas), scale=F, set=V, add=V
     #[arg(long, default_value = "zero")]
     pub op: String,
@@ -42,7 +47,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let op = OpSpec::parse(&a.op)?;
     let positions = parse_positions(a.positions.as_deref())?;
     let model = a.model.load()?;
-    let ivs = match &a.neurons {
+    let mut ivs = match &a.neurons {
         Some(spec) => {
             let set = parse_neuron_set(spec, &model.cfg)?;
             let atlas = open_atlas(a.atlas.as_deref(), &model, &op)?;
@@ -50,6 +55,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => vec![],
     };
+    if let Some(spec) = &a.experts {
+        let set = parse_expert_set(spec, &model.cfg)?;
+        ivs.extend(switch_off(&set, positions.as_deref()));
+    }
     let prompt = model.encode(&a.prompt)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,

@@ -15,6 +15,22 @@ pub struct InfoArgs {
 
 pub fn info_json(m: &Model) -> serde_json::Value {
     let c = &m.cfg;
+    let mut j = info_json_dense(m);
+    if let Some(moe) = &c.moe {
+        j["moe"] = json!({
+            "experts": moe.n_experts,
+            "top_k": moe.top_k,
+            "d_expert": moe.d_expert,
+            "norm_topk_prob": moe.norm_topk_prob,
+            "shared_expert": moe.shared_expert,
+            "moe_layers": (0..c.n_layers).filter(|&l| c.is_moe_layer(l)).collect::<Vec<_>>(),
+        });
+    }
+    j
+}
+
+fn info_json_dense(m: &Model) -> serde_json::Value {
+    let c = &m.cfg;
     json!({
         "model": m.id,
         "path": m.dir.display().to_string(),
@@ -59,13 +75,42 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "LM head       {}",
         if m.net.unembed.is_some() { "yes" } else { "no" }
     );
+    if let Some(moe) = &c.moe {
+        let layers: Vec<String> = (0..c.n_layers)
+            .filter(|&l| c.is_moe_layer(l))
+            .map(|l| l.to_string())
+            .collect();
+        println!(
+            "experts       {} per MoE layer (layers {}), top-{}{}, {} neurons each{}",
+            moe.n_experts,
+            layers.join(","),
+            moe.top_k,
+            if moe.norm_topk_prob {
+                " renormalized"
+            } else {
+                ""
+            },
+            moe.d_expert,
+            moe.shared_expert
+                .map(|s| format!("; a shared expert of {s}"))
+                .unwrap_or_default()
+        );
+    }
     let sites = m.sites();
     println!("hook points   {} — per block:", sites.len());
-    for s in sites.iter().filter(|s| s.layer() == Some(0)) {
-        println!(
-            "                {}",
-            s.to_string().replacen("blocks.0.", "blocks.{l}.", 1)
-        );
+    // one line per kind of hook point: experts as {e}, and dense layers' MLP sites among MoE ones
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &sites {
+        let Some(l) = s.layer() else { continue };
+        let mut name = s
+            .to_string()
+            .replacen(&format!("blocks.{l}."), "blocks.{l}.", 1);
+        if let crate::model::Site::Block(_, crate::model::SiteKind::Expert(e, _)) = s {
+            name = name.replacen(&format!("experts.{e}."), "experts.{e}.", 1);
+        }
+        if seen.insert(name.clone()) {
+            println!("                {name}");
+        }
     }
     println!(
         "              and hook_embed{}",

@@ -4,6 +4,7 @@
 use super::ModelArgs;
 use crate::error::user_error;
 use crate::intervene::eval::read_eval;
+use crate::intervene::experts::parse_expert_set;
 use crate::intervene::lesion::{lesion, open_atlas, LesionRequest};
 use crate::intervene::{parse_neuron_set, OpSpec};
 use crate::output::print_json;
@@ -16,8 +17,13 @@ pub struct LesionArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Neurons: `3.17,5.2040` or a file of ids (or `localize --json` output)
+    #[arg(long, required_unless_present = "experts")]
+    pub neurons: Option<String>,
+    /// Experts to switch off (mixture-of-experts models): `3.e5,7.e1`. Each one's router logit
+    /// goes to −∞ before the top-k, so the next-best expert is chosen instead; random baselines
+    /// switch off as many random experts in the same layers
     #[arg(long)]
-    pub neurons: String,
+    pub experts: Option<String>,
     /// zero, mean (needs --atlas), scale=F, set=V, add=V, or adjust=RETAIN_ATLAS (Neuron Adjust:
     /// --atlas holds the forget-skill data's `mlp.hook_pre` statistics, RETAIN_ATLAS the retained)
     #[arg(long, default_value = "zero")]
@@ -62,12 +68,20 @@ pub fn run(a: LesionArgs) -> Result<()> {
     let eval = read_eval(&a.eval)?;
     let control_eval = a.control_eval.as_deref().map(read_eval).transpose()?;
     let model = a.model.load()?;
-    let neurons = parse_neuron_set(&a.neurons, &model.cfg)?;
+    let neurons = match &a.neurons {
+        Some(spec) => parse_neuron_set(spec, &model.cfg)?,
+        None => vec![],
+    };
+    let experts = match &a.experts {
+        Some(spec) => parse_expert_set(spec, &model.cfg)?,
+        None => vec![],
+    };
     let atlas = open_atlas(a.atlas.as_deref(), &model, &op)?;
     let r = lesion(
         &model,
         &LesionRequest {
             neurons,
+            experts,
             op,
             positions,
             eval,
@@ -80,12 +94,22 @@ pub fn run(a: LesionArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    println!(
-        "{} neurons, op {}, {} prompts",
-        r.neurons.len(),
-        r.op,
-        r.n_eval
-    );
+    if !r.neurons.is_empty() {
+        println!(
+            "{} neurons, op {}, {} prompts",
+            r.neurons.len(),
+            r.op,
+            r.n_eval
+        );
+    }
+    if !r.experts.is_empty() {
+        println!(
+            "{} experts switched off ({}), {} prompts",
+            r.experts.len(),
+            r.experts.join(","),
+            r.n_eval
+        );
+    }
     println!("                 mean log p(target)   accuracy");
     for (name, s) in [("baseline", &r.baseline), ("intervened", &r.intervened)] {
         println!("{name:<16} {:>18.4}   {:>8.3}", s.mean_logprob, s.accuracy);

@@ -73,6 +73,7 @@ pub fn lesion_concept(
         m,
         &LesionRequest {
             neurons,
+            experts: vec![],
             op: OpSpec::Mean,
             positions: None,
             eval: parse_eval(eval, "the demo's evaluation set")?,

@@ -1,8 +1,10 @@
-//! The lesion job: apply an op to a neuron set, score evaluation prompts before and after, score a
-//! control set, and repeat the op on random same-layer sets as a baseline. `ftri lesion`, the
+//! The lesion job: apply an op to a neuron set and/or switch experts off, score evaluation prompts
+//! before and after, score a control set, and repeat the same on random same-layer sets (neurons
+//! and experts) as a baseline. `ftri lesion`, the
 //! server's intervene endpoint and the bindings call this; they only parse and print.
 
 use super::eval::{score, tokenize, EvalItem, Score};
+use super::experts::{random_experts_like, switch_off, ExpertId};
 use super::{adjust_interventions, interventions, random_like, Neuron, OpSpec};
 use crate::atlas::Atlas;
 use crate::error::user_error;
@@ -15,6 +17,8 @@ use std::path::Path;
 /// What to lesion and how to measure it.
 pub struct LesionRequest {
     pub neurons: Vec<Neuron>,
+    /// Experts to switch off (router logit → −∞ before the top-k); `op` does not apply to them.
+    pub experts: Vec<ExpertId>,
     pub op: OpSpec,
     /// Token positions to act on (`None` = all).
     pub positions: Option<Vec<usize>>,
@@ -49,6 +53,8 @@ pub struct RandomBaseline {
 #[derive(Debug, Clone, Serialize)]
 pub struct LesionResult {
     pub neurons: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<String>,
     pub op: String,
     pub n_eval: usize,
     pub baseline: Score,
@@ -118,9 +124,34 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
+/// The neuron interventions (none for an empty set) and the expert switch-offs of one set.
+fn build_all(
+    model: &Model,
+    r: &LesionRequest,
+    neurons: &[Neuron],
+    experts: &[ExpertId],
+) -> Result<Vec<Intervention>> {
+    let positions = r.positions.as_deref();
+    let mut ivs = match neurons.is_empty() {
+        true => vec![],
+        false => build(model, neurons, &r.op, positions, r.atlas.as_ref())?,
+    };
+    ivs.extend(switch_off(experts, positions));
+    Ok(ivs)
+}
+
 pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
-    let (set, positions, atlas) = (&r.neurons, r.positions.as_deref(), r.atlas.as_ref());
-    let ivs = build(model, set, &r.op, positions, atlas)?;
+    let set = &r.neurons;
+    if set.is_empty() && r.experts.is_empty() {
+        return Err(user_error("nothing to lesion: give neurons or experts"));
+    }
+    if set.is_empty() && r.op != OpSpec::Zero {
+        return Err(user_error(format!(
+            "--op {} applies to neurons; experts are switched off (give --neurons too)",
+            r.op
+        )));
+    }
+    let ivs = build_all(model, r, set, &r.experts)?;
     let seqs = tokenize(model, &r.eval)?;
     let base = score(model, &seqs, &[])?;
     let hit = score(model, &seqs, &ivs)?;
@@ -142,7 +173,9 @@ pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
         let (mut d_lp, mut d_acc) = (Vec::new(), Vec::new());
         for _ in 0..r.random_baseline {
             let rs = random_like(set, model.cfg.d_mlp, &mut rng);
-            let rivs = build(model, &rs, &r.op, positions, atlas)?;
+            let n_experts = model.cfg.moe.as_ref().map_or(0, |m| m.n_experts);
+            let re = random_experts_like(&r.experts, n_experts, &mut rng);
+            let rivs = build_all(model, r, &rs, &re)?;
             let d = score(model, &seqs, &rivs)?.minus(&base);
             d_lp.push(d.mean_logprob);
             d_acc.push(d.accuracy);
@@ -168,6 +201,7 @@ pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
     };
     Ok(LesionResult {
         neurons: set.iter().map(|n| n.to_string()).collect(),
+        experts: r.experts.iter().map(|e| e.to_string()).collect(),
         op: r.op.to_string(),
         n_eval: r.eval.len(),
         baseline: base,

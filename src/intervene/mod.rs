@@ -2,6 +2,7 @@
 //! how behaviour changes (evaluation sets, random baselines).
 
 pub mod eval;
+pub mod experts;
 pub mod lesion;
 
 use crate::error::user_error;
@@ -42,6 +43,12 @@ impl Neuron {
             return Err(user_error(format!(
                 "neuron {n}: layer {} out of range (the model has {} layers)",
                 n.layer, cfg.n_layers
+            )));
+        }
+        if cfg.is_moe_layer(n.layer) {
+            return Err(user_error(format!(
+                "neuron {n}: layer {} is a mixture of experts (its neurons are blocks.{}.mlp.experts.E.hook_post:N; switch experts off with --experts {}.eE)",
+                n.layer, n.layer, n.layer
             )));
         }
         if n.index >= cfg.d_mlp {

@@ -135,6 +135,34 @@ pub struct ModelConfig {
     /// Rotary settings of the sliding-window layers when they differ from `rope`'s (Gemma 3:
     /// `rope_local_base_freq`, no scaling); `None`: every layer uses `rope`.
     pub rope_local: Option<RopeConfig>,
+    /// Mixture-of-experts MLPs (Mixtral, Qwen2/3-MoE, OLMoE); `None`: every MLP is dense.
+    pub moe: Option<MoeConfig>,
+}
+
+/// The mixture-of-experts layers of a model: a router picks `top_k` of `n_experts` gated MLPs
+/// per token (see `model/moe.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub n_experts: usize,
+    pub top_k: usize,
+    /// Each expert's intermediate size.
+    pub d_expert: usize,
+    /// Divide the top-k routing weights by their sum (Mixtral always; Qwen/OLMoE `norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Qwen2-MoE's shared expert (its intermediate size), gated by a sigmoid.
+    pub shared_expert: Option<usize>,
+    /// One flag per layer: is its MLP a mixture of experts? (`decoder_sparse_step`,
+    /// `mlp_only_layers`; the other layers have a dense MLP of `d_mlp` neurons.)
+    pub layers: Vec<bool>,
+}
+
+impl ModelConfig {
+    /// True when layer `l`'s MLP is a mixture of experts.
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| m.layers.get(l).copied().unwrap_or(false))
+    }
 }
 
 /// Typed access to the fields of one `config.json`, with errors that name the file and the field.
@@ -304,6 +332,21 @@ impl ModelConfig {
         ] {
             if c.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
                 return bad(format!("`{name}` must be a positive number"));
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.n_experts == 0 || m.top_k == 0 || m.top_k > m.n_experts || m.d_expert == 0 {
+                return bad(format!(
+                    "mixture of experts: top-k {} of {} experts of size {} (all must be positive, top-k at most the experts)",
+                    m.top_k, m.n_experts, m.d_expert
+                ));
+            }
+            if m.layers.len() != self.n_layers {
+                return bad(format!(
+                    "mixture of experts: {} layer flags for {} layers",
+                    m.layers.len(),
+                    self.n_layers
+                ));
             }
         }
         for r in self.rope.iter().chain(&self.rope_local) {

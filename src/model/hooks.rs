@@ -4,6 +4,7 @@
 use crate::error::user_error;
 use anyhow::Result;
 use candle_core::{Tensor, Var};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -15,8 +16,43 @@ pub enum SiteKind {
     MlpPre,
     MlpPreLinear,
     MlpPost,
+    /// Mixture-of-experts block: the router (gate) logits [.., n_experts], before top-k.
+    RouterLogits,
+    /// The routing weights of the chosen experts [.., top_k] (renormalized iff the architecture
+    /// does), in top-k order.
+    ExpertWeights,
+    /// The chosen experts' indices [.., top_k] as f32 values, in top-k order.
+    ExpertIndices,
+    /// One hook point of expert E's gated MLP [.., d_expert]; zero where the token was not routed
+    /// to E.
+    Expert(usize, ExpertHook),
+    /// The shared expert's neurons (Qwen2-MoE), before its down projection.
+    SharedExpertPost,
     MlpOut,
     ResidPost,
+}
+
+/// The hook points inside one expert, as in a dense gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExpertHook {
+    /// Gate projection (`mlp.experts.E.hook_pre`).
+    Pre,
+    /// Up projection (`mlp.experts.E.hook_pre_linear`).
+    PreLinear,
+    /// act(gate)·up, what enters the down projection (`mlp.experts.E.hook_post`).
+    Post,
+}
+
+impl ExpertHook {
+    pub const ALL: [ExpertHook; 3] = [ExpertHook::Pre, ExpertHook::PreLinear, ExpertHook::Post];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            ExpertHook::Pre => "hook_pre",
+            ExpertHook::PreLinear => "hook_pre_linear",
+            ExpertHook::Post => "hook_post",
+        }
+    }
 }
 
 impl SiteKind {
@@ -31,8 +67,15 @@ impl SiteKind {
         SiteKind::ResidPost,
     ];
 
-    pub fn suffix(self) -> &'static str {
-        match self {
+    /// The routing hook points of a mixture-of-experts layer (the per-expert ones follow them).
+    pub const ROUTING: [SiteKind; 3] = [
+        SiteKind::RouterLogits,
+        SiteKind::ExpertWeights,
+        SiteKind::ExpertIndices,
+    ];
+
+    pub fn suffix(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             SiteKind::ResidPre => "hook_resid_pre",
             SiteKind::AttnOut => "hook_attn_out",
             SiteKind::ResidMid => "hook_resid_mid",
@@ -41,11 +84,28 @@ impl SiteKind {
             SiteKind::MlpPost => "mlp.hook_post",
             SiteKind::MlpOut => "hook_mlp_out",
             SiteKind::ResidPost => "hook_resid_post",
-        }
+            SiteKind::RouterLogits => "mlp.hook_router_logits",
+            SiteKind::ExpertWeights => "mlp.hook_expert_weights",
+            SiteKind::ExpertIndices => "mlp.hook_expert_indices",
+            SiteKind::SharedExpertPost => "mlp.shared_expert.hook_post",
+            SiteKind::Expert(e, h) => {
+                return Cow::Owned(format!("mlp.experts.{e}.{}", h.suffix()));
+            }
+        })
     }
 
     pub fn from_suffix(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.suffix() == s)
+        if let Some(rest) = s.strip_prefix("mlp.experts.") {
+            let (e, h) = rest.split_once('.')?;
+            let e: usize = e.parse().ok()?;
+            let h = ExpertHook::ALL.into_iter().find(|k| k.suffix() == h)?;
+            return Some(SiteKind::Expert(e, h));
+        }
+        Self::ALL
+            .into_iter()
+            .chain(Self::ROUTING)
+            .chain([SiteKind::SharedExpertPost])
+            .find(|k| k.suffix() == s)
     }
 }
 
@@ -445,6 +505,10 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
     };
     Ok(match mask {
         None => new,
+        // −∞ (an expert switched off at its router logit) would make the blend below NaN
+        Some(m) if matches!(iv.op, Op::Set(v) if !v.is_finite()) => {
+            m.broadcast_as(x.shape())?.ne(0.0)?.where_cond(&new, x)?
+        }
         Some(m) => {
             let keep = (1.0 - &m)?;
             (x.broadcast_mul(&keep)? + new.broadcast_mul(&m)?)?

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod hub;
 pub mod kernels;
 pub mod layers;
+pub mod moe;
 pub mod plant;
 pub mod synth;
 pub mod tokenizer;
@@ -18,7 +19,7 @@ pub mod unit;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
-pub use hooks::{HookSet, Intervention, Op, Site, SiteKind};
+pub use hooks::{ExpertHook, HookSet, Intervention, Op, Site, SiteKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, KvCache, Transformer};
 pub use unit::UnitId;

@@ -13,6 +13,7 @@ use super::config::{ModelConfig, Residual};
 use super::hooks::{HookSet, Site, SiteKind};
 use super::kernels::{self, AttnMask};
 use super::layers::{activate, attention_mask, softmax_last, Linear, Norm, Rope};
+use super::moe::Moe;
 use crate::error::user_error;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -35,6 +36,23 @@ pub struct Mlp {
     pub down: Linear,
 }
 
+impl Mlp {
+    /// The placeholder `mlp` of a block whose MLP is a mixture of experts: no neurons.
+    pub fn empty(d_model: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let none = |i, o| -> Result<Linear> {
+            Ok(Linear {
+                w: Tensor::zeros((i, o), dtype, device)?,
+                b: None,
+            })
+        };
+        Ok(Self {
+            pre: none(d_model, 0)?,
+            up: None,
+            down: none(0, d_model)?,
+        })
+    }
+}
+
 pub struct Block {
     /// Pre-attention norm; for post-LN (BERT) the norm applied after the attention residual.
     pub ln1: Norm,
@@ -48,6 +66,9 @@ pub struct Block {
     /// Norm of the MLP output before it joins the residual stream (Gemma 2/3's
     /// `post_feedforward_layernorm`); `hook_mlp_out` is its output.
     pub post_mlp_norm: Option<Norm>,
+    /// A mixture-of-experts MLP (`model/moe.rs`), which then replaces `mlp` (left empty:
+    /// [`Mlp::empty`]).
+    pub moe: Option<Moe>,
 }
 
 pub struct Embeddings {
@@ -139,11 +160,18 @@ impl Batch {
 
 impl Transformer {
     pub fn site_dim(&self, site: Site) -> usize {
+        let moe = |l: usize| self.blocks.get(l).and_then(|b| b.moe.as_ref());
         match site {
             Site::Embed => self.cfg.d_model,
             Site::Logits => self.cfg.vocab_size,
-            Site::Block(_, k) => match k {
+            Site::Block(l, k) => match k {
                 SiteKind::MlpPre | SiteKind::MlpPreLinear | SiteKind::MlpPost => self.cfg.d_mlp,
+                SiteKind::RouterLogits => moe(l).map_or(0, Moe::n_experts),
+                SiteKind::ExpertWeights | SiteKind::ExpertIndices => moe(l).map_or(0, |m| m.top_k),
+                SiteKind::Expert(..) => moe(l).map_or(0, Moe::d_expert),
+                SiteKind::SharedExpertPost => moe(l)
+                    .and_then(|m| m.shared.as_ref())
+                    .map_or(0, |s| s.mlp.d_expert()),
                 _ => self.cfg.d_model,
             },
         }
@@ -153,12 +181,19 @@ impl Transformer {
     pub fn sites(&self) -> Vec<Site> {
         let mut out = vec![Site::Embed];
         for l in 0..self.cfg.n_layers {
+            let moe = self.blocks.get(l).and_then(|b| b.moe.as_ref());
             for k in SiteKind::ALL {
                 let present = match k {
                     SiteKind::ResidMid => self.cfg.residual != Residual::Parallel,
-                    SiteKind::MlpPreLinear => self.cfg.gated_mlp,
+                    SiteKind::MlpPreLinear => self.cfg.gated_mlp && moe.is_none(),
+                    SiteKind::MlpPre | SiteKind::MlpPost => moe.is_none(),
                     _ => true,
                 };
+                if k == SiteKind::MlpOut {
+                    if let Some(m) = moe {
+                        out.extend(m.sites(l));
+                    }
+                }
                 if present {
                     out.push(Site::Block(l, k));
                 }
@@ -377,20 +412,31 @@ impl Transformer {
                 return block.attn.o.forward(&ctx, diff);
             }
         }
-        let split = |start: usize, heads: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(2, start, heads * dh)?
-                .reshape((b, t, heads, dh))?
+        // A q/k norm whose gain spans all heads normalizes the whole projection before the
+        // split into heads (OLMoE); one of head_dim entries normalizes each head (Qwen3, Gemma 3).
+        fn whole(n: &Option<Norm>, heads: usize, dh: usize) -> Option<&Norm> {
+            n.as_ref()
+                .filter(|n| heads > 1 && n.gain().dims() == [heads * dh])
+        }
+        let q_whole = whole(&block.attn.q_norm, h, dh);
+        let k_whole = whole(&block.attn.k_norm, hkv, dh);
+        let split = |start: usize, heads: usize, norm: Option<&Norm>| -> Result<Tensor> {
+            let x = qkv.narrow(2, start, heads * dh)?;
+            let x = match norm {
+                Some(n) => n.forward(&x, diff)?,
+                None => x,
+            };
+            Ok(x.reshape((b, t, heads, dh))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let mut q = split(0, h)?;
-        let mut k = split(h * dh, hkv)?;
-        let mut v = split((h + hkv) * dh, hkv)?;
-        if let Some(n) = &block.attn.q_norm {
+        let mut q = split(0, h, q_whole)?;
+        let mut k = split(h * dh, hkv, k_whole)?;
+        let mut v = split((h + hkv) * dh, hkv, None)?;
+        if let (Some(n), None) = (&block.attn.q_norm, &q_whole) {
             q = n.forward(&q, diff)?;
         }
-        if let Some(n) = &block.attn.k_norm {
+        if let (Some(n), None) = (&block.attn.k_norm, &k_whole) {
             k = n.forward(&k, diff)?;
         }
         if let Some(rope) = rope {
@@ -444,6 +490,11 @@ impl Transformer {
         x: &Tensor,
         hooks: &mut HookSet,
     ) -> Result<Option<Tensor>> {
+        if let Some(moe) = &block.moe {
+            let out = moe.forward(l, x, self.cfg.act, hooks)?;
+            let out = post_norm(&block.post_mlp_norm, out, hooks.differentiable)?;
+            return Ok(Some(hooks.apply(Site::Block(l, SiteKind::MlpOut), out)?));
+        }
         let pre = hooks.apply(
             Site::Block(l, SiteKind::MlpPre),
             block.mlp.pre.forward(x, hooks.differentiable)?,

@@ -55,6 +55,7 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         attn_softcap: None,
         final_softcap: None,
         rope_local: None,
+        moe: None,
     })
 }
 
@@ -94,6 +95,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             },
             post_attn_norm: None,
             post_mlp_norm: None,
+            moe: None,
         });
     }
     Ok((embed, blocks, None, None))

@@ -180,6 +180,7 @@ fn config(f: &Fields, arch: Arch, version: Version) -> Result<ModelConfig> {
         attn_softcap,
         final_softcap,
         rope_local,
+        moe: None,
     })
 }
 
@@ -294,6 +295,7 @@ fn load(cfg: &ModelConfig, ws: &mut WeightStore, version: Version) -> Result<Par
                 mlp,
                 post_attn_norm: None,
                 post_mlp_norm: None,
+                moe: None,
             },
             _ => Block {
                 ln1,
@@ -302,6 +304,7 @@ fn load(cfg: &ModelConfig, ws: &mut WeightStore, version: Version) -> Result<Par
                 mlp,
                 post_attn_norm: Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
                 post_mlp_norm: Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
+                moe: None,
             },
         });
     }

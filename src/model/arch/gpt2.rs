@@ -46,6 +46,7 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         attn_softcap: None,
         final_softcap: None,
         rope_local: None,
+        moe: None,
     })
 }
 
@@ -86,6 +87,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             },
             post_attn_norm: None,
             post_mlp_norm: None,
+            moe: None,
         });
     }
     let final_norm = ws.layer_norm("ln_f", d, eps)?;

@@ -143,6 +143,7 @@ fn llama_like(f: &Fields, arch: Arch, variant: Variant) -> Result<ModelConfig> {
         attn_softcap: None,
         final_softcap: None,
         rope_local: None,
+        moe: None,
     })
 }
 
@@ -175,6 +176,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             },
             post_attn_norm: None,
             post_mlp_norm: None,
+            moe: None,
         });
     }
     let final_norm = ws.rms_norm("norm", d, eps)?;

@@ -40,6 +40,7 @@ pub mod bert;
 pub mod gemma;
 pub mod gpt2;
 pub mod llama;
+pub mod moe;
 pub mod neox;
 pub mod olmo2;
 pub mod phi3;
@@ -78,6 +79,10 @@ pub static REGISTRY: &[ArchEntry] = &[
     qwen3::QWEN3,
     olmo2::OLMO2,
     phi3::PHI3,
+    moe::MIXTRAL,
+    moe::QWEN2_MOE,
+    moe::QWEN3_MOE,
+    moe::OLMOE,
 ];
 
 /// The architecture a config was read as: its `model_type` and the registry entry it matched.
@@ -196,7 +201,11 @@ mod tests {
                 "gemma3_text",
                 "qwen3",
                 "olmo2",
-                "phi3"
+                "phi3",
+                "mixtral",
+                "qwen2_moe",
+                "qwen3_moe",
+                "olmoe"
             ]
         );
         for name in [
@@ -224,17 +233,17 @@ mod tests {
     fn model_type_errors_list_the_registry() {
         let file = Path::new("x/config.json");
         let mut v = read_json(&fixture("llama").join("config.json"));
-        v["model_type"] = "mixtral".into();
+        v["model_type"] = "mamba".into();
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: unsupported model_type `mixtral` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3)"
+            "x/config.json: unsupported model_type `mamba` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3, mixtral, qwen2_moe, qwen3_moe, olmoe)"
         );
         v.as_object_mut().unwrap().remove("model_type");
         let err = ModelConfig::from_json(&v, file).unwrap_err().to_string();
         assert_eq!(
             err,
-            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3)"
+            "x/config.json: missing field `model_type` (supported: gpt2, llama, mistral, qwen2, gpt_neox, bert, gemma, gemma2, gemma3_text, qwen3, olmo2, phi3, mixtral, qwen2_moe, qwen3_moe, olmoe)"
         );
     }
 

@@ -64,6 +64,7 @@ pub fn config(f: &Fields, arch: Arch) -> Result<ModelConfig> {
         attn_softcap: None,
         final_softcap: None,
         rope_local: None,
+        moe: None,
     })
 }
 
@@ -117,6 +118,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             },
             post_attn_norm: None,
             post_mlp_norm: None,
+            moe: None,
         });
     }
     let final_norm = ws.layer_norm("final_layer_norm", d, eps)?;

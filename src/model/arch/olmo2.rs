@@ -83,6 +83,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
             },
             post_attn_norm: Some(norm(ws, &format!("{p}.post_attention_layernorm"), d)?),
             post_mlp_norm: Some(norm(ws, &format!("{p}.post_feedforward_layernorm"), d)?),
+            moe: None,
         });
     }
     let final_norm = norm(ws, "norm", d)?;
