@@ -77,10 +77,6 @@ pub enum Norm {
     Identity {
         w: Tensor,
     },
-    /// A norm over all heads of a position at once, applied to per-head tensors [B, H, T, Dh]:
-    /// they are viewed as [B, T, H·Dh], normed, and put back (OLMo 2's `q_norm` / `k_norm`, which
-    /// norm the whole q / k projection before it is split into heads).
-    AcrossHeads(Box<Norm>),
 }
 
 impl Norm {
@@ -114,15 +110,6 @@ impl Norm {
                     .to_dtype(x.dtype())?
             }
             (Norm::Identity { .. }, _) => x.clone(),
-            (Norm::AcrossHeads(inner), _) => {
-                let (b, h, t, dh) = x.dims4()?;
-                let flat = x.transpose(1, 2)?.reshape((b, t, h * dh))?;
-                inner
-                    .forward(&flat, differentiable)?
-                    .reshape((b, t, h, dh))?
-                    .transpose(1, 2)?
-                    .contiguous()?
-            }
         })
     }
 
@@ -149,7 +136,6 @@ impl Norm {
             | Norm::Rms { w, .. }
             | Norm::RmsF32 { w, .. }
             | Norm::Identity { w } => w,
-            Norm::AcrossHeads(inner) => inner.gain(),
         }
     }
 }

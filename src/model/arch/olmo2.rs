@@ -5,7 +5,8 @@
 //!   post-norms' outputs (what joins the residual stream), `hook_resid_mid` is h;
 //! - **q_norm / k_norm over the whole projection**: RMSNorms of size heads·head_dim (and
 //!   kv_heads·head_dim) applied to the q and k projections before they are split into heads, and
-//!   before rotary ([`Norm::AcrossHeads`]);
+//!   before rotary (a gain spanning all heads, which `Transformer::attention` applies to the whole
+//!   projection);
 //! - every RMSNorm computes in f32 and applies its gain before the cast back
 //!   (`(w * norm(x.float())).to(dtype)`), [`Norm::RmsF32`]; `rms_norm_eps` defaults to 1e-5,
 //!   `max_position_embeddings` to 2048.
@@ -61,11 +62,9 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
         let k = ws.linear(&format!("{a}.k_proj"), d, kv_dim, cfg.qkv_bias)?;
         let v = ws.linear(&format!("{a}.v_proj"), d, kv_dim, cfg.qkv_bias)?;
         let across = |name: &str, dim: usize| -> Result<Option<Norm>> {
-            Ok(Some(Norm::AcrossHeads(Box::new(norm(
-                ws,
-                &format!("{a}.{name}"),
-                dim,
-            )?))))
+            // a gain of all heads' width: the forward pass norms the whole projection before
+            // splitting it into heads (see `Transformer::attention`)
+            Ok(Some(norm(ws, &format!("{a}.{name}"), dim)?))
         };
         blocks.push(Block {
             ln1: Norm::identity(d, &device, dtype)?,
