@@ -328,3 +328,27 @@ fn fused_expert_tensors_load_to_the_same_model() {
     let (diff, tol, ok) = close(&run(&fused), &run(&m));
     assert!(ok, "fused vs per-expert: {diff:.3e} > {tol:.3e}");
 }
+
+/// The default `blocks.*.mlp.hook_post` finds nothing in an all-MoE model: the error says where its
+/// neurons are, and recording them gives an atlas of expert neurons.
+#[test]
+fn an_all_moe_model_points_record_at_its_expert_neurons() {
+    let m = load("mixtral");
+    let err = ftri::model::hooks::select_sites(&m.sites(), "blocks.*.mlp.hook_post")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("matches no hook point") && err.contains("blocks.*.mlp.experts.*.hook_post"),
+        "{err}"
+    );
+    let experts =
+        ftri::model::hooks::select_sites(&m.sites(), "blocks.*.mlp.experts.*.hook_post").unwrap();
+    let n_experts = m.cfg.moe.as_ref().unwrap().n_experts;
+    assert_eq!(experts.len(), sparse_layers(&m).len() * n_experts);
+    // a dense model's miss carries no expert hint
+    let dense = load("llama");
+    let err = ftri::model::hooks::select_sites(&dense.sites(), "blocks.*.nothing")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("experts"), "{err}");
+}

@@ -156,20 +156,28 @@ pub fn select_sites(all: &[Site], globs: &str) -> Result<Vec<Site>> {
     for g in globs.split(',').map(str::trim).filter(|g| !g.is_empty()) {
         b.add(
             globset::Glob::new(g)
-                .map_err(|e| user_error(format!("bad --hooks pattern `{g}`: {e}")))?,
+                .map_err(|e| user_error(format!("bad hook-point pattern `{g}`: {e}")))?,
         );
     }
     let set = b
         .build()
-        .map_err(|e| user_error(format!("bad --hooks: {e}")))?;
+        .map_err(|e| user_error(format!("bad hook-point patterns `{globs}`: {e}")))?;
     let chosen: Vec<Site> = all
         .iter()
         .copied()
         .filter(|s| set.is_match(s.to_string()))
         .collect();
     if chosen.is_empty() {
+        // The default `blocks.*.mlp.hook_post` finds nothing in an all-MoE model: say where its
+        // neurons are.
+        let moe = all.iter().any(|s| s.to_string().contains(".mlp.experts."));
+        let hint = if moe {
+            "; the neurons of this mixture-of-experts model are `blocks.*.mlp.experts.*.hook_post`"
+        } else {
+            ""
+        };
         return Err(user_error(format!(
-            "--hooks `{globs}` matches no hook point of this model (see `ftri info`)"
+            "hook-point pattern `{globs}` matches no hook point of this model (see `ftri info`{hint})"
         )));
     }
     Ok(chosen)
