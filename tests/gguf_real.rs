@@ -14,9 +14,8 @@
 mod common;
 
 use candle_core::DType;
-use common::{close, fixture, load_metadata, load_tensors};
+use common::{close_within, fixture, load_metadata, load_tensors};
 use ftri::model::{HookSet, LoadOptions, Model, Site};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 fn model_file(name: &str) -> Option<PathBuf> {
@@ -53,12 +52,7 @@ fn check_in(fixture_name: &str, dtype: DType, rel_tol: f32) {
     let Some(file) = model_file(&meta["gguf"]) else {
         return;
     };
-    let bytes = std::fs::read(&file).unwrap();
-    let sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    drop(bytes);
+    let (_, sha) = ftri::hash::sha256_file(&file).unwrap();
     assert_eq!(
         sha,
         meta["sha256"],
@@ -102,9 +96,7 @@ fn check_in(fixture_name: &str, dtype: DType, rel_tol: f32) {
                 hooks.get(site).unwrap().squeeze(0).unwrap()
             }
         };
-        let (diff, tol, _) = close(&got, want);
-        let tol = tol * rel_tol / common::PARITY_REL_TOL;
-        let ok = diff <= tol;
+        let (diff, tol, ok) = close_within(&got, want, rel_tol);
         if std::env::var("FTRI_PARITY_REPORT").as_deref() == Ok("1") {
             eprintln!("{fixture_name} {dtype:?} {name}: max|diff| {diff:.2e} (tol {tol:.2e})");
         }

@@ -57,6 +57,11 @@ pub const PARITY_REL_TOL: f32 = 1e-5;
 /// max |a − e|, the tolerance `PARITY_REL_TOL`·max|e|, and whether the first is within the
 /// second with every value finite (the parity criterion).
 pub fn close(actual: &Tensor, expected: &Tensor) -> (f32, f32, bool) {
+    close_within(actual, expected, PARITY_REL_TOL)
+}
+
+/// `close` with the tolerance `rel_tol`·max|e|.
+pub fn close_within(actual: &Tensor, expected: &Tensor, rel_tol: f32) -> (f32, f32, bool) {
     assert_eq!(actual.dims(), expected.dims(), "shape");
     let a = actual
         .to_dtype(candle_core::DType::F32)
@@ -78,7 +83,7 @@ pub fn close(actual: &Tensor, expected: &Tensor) -> (f32, f32, bool) {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     let max_e = e.iter().map(|x| x.abs()).fold(0f32, f32::max);
-    let tol = PARITY_REL_TOL * max_e;
+    let tol = rel_tol * max_e;
     (
         max_diff,
         tol,
