@@ -309,11 +309,7 @@ fn load(cfg: &ModelConfig, ws: &mut WeightStore, version: Version) -> Result<Par
         });
     }
     let final_norm = norm("norm", d)?;
-    let unembed = if cfg.tie_embeddings || !ws.contains_full("lm_head.weight") {
-        tok
-    } else {
-        ws.get_full("lm_head.weight", &[cfg.vocab_size, d])?
-    };
+    let unembed = super::unembedding(cfg, ws, tok)?;
     Ok((embed, blocks, Some(final_norm), Some(unembed)))
 }
 

@@ -91,10 +91,6 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
         });
     }
     let final_norm = ws.layer_norm("ln_f", d, eps)?;
-    let unembed = if cfg.tie_embeddings || !ws.contains_full("lm_head.weight") {
-        tok
-    } else {
-        ws.get_full("lm_head.weight", &[cfg.vocab_size, d])?
-    };
+    let unembed = super::unembedding(cfg, ws, tok)?;
     Ok((embed, blocks, Some(final_norm), Some(unembed)))
 }

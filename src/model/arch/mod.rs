@@ -137,6 +137,20 @@ impl fmt::Debug for Arch {
 }
 
 /// Every `model_type` of `registry`, in order.
+/// The unembedding: `lm_head.weight` [vocab, d] when the checkpoint has its own, else the token
+/// embeddings `tok` (tied, or a checkpoint that omits the head because it is tied).
+pub fn unembedding(
+    cfg: &ModelConfig,
+    ws: &WeightStore,
+    tok: candle_core::Tensor,
+) -> Result<candle_core::Tensor> {
+    if cfg.tie_embeddings || !ws.contains_full("lm_head.weight") {
+        Ok(tok)
+    } else {
+        ws.get_full("lm_head.weight", &[cfg.vocab_size, cfg.d_model])
+    }
+}
+
 pub fn supported_model_types(registry: &[ArchEntry]) -> Vec<&'static str> {
     registry
         .iter()

@@ -273,10 +273,6 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
         });
     }
     let final_norm = ws.rms_norm("norm", d, eps)?;
-    let unembed = if cfg.tie_embeddings || !ws.contains_full("lm_head.weight") {
-        tok
-    } else {
-        ws.get_full("lm_head.weight", &[cfg.vocab_size, d])?
-    };
+    let unembed = super::unembedding(cfg, ws, tok)?;
     Ok((embed, blocks, Some(final_norm), Some(unembed)))
 }

@@ -86,11 +86,7 @@ pub fn load(cfg: &ModelConfig, ws: &mut WeightStore) -> Result<Parts> {
         });
     }
     let final_norm = norm(ws, "norm", d)?;
-    let unembed = if cfg.tie_embeddings || !ws.contains_full("lm_head.weight") {
-        tok.clone()
-    } else {
-        ws.get_full("lm_head.weight", &[cfg.vocab_size, d])?
-    };
+    let unembed = super::unembedding(cfg, ws, tok.clone())?;
     Ok((
         Embeddings::tokens(tok),
         blocks,
