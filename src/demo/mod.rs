@@ -30,6 +30,8 @@ use std::time::Instant;
 pub use fetch::{fetch_minilm, fetch_smollm2};
 
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The encoder the demo also fetches by name (no lesion or generation: it has no LM head).
+pub const MINILM_MODEL: &str = "models/all-MiniLM-L6-v2";
 
 /// Neurons per concept that the lesion removes (its best by |t|).
 pub const LESION_SIZE: usize = 30;
@@ -119,7 +121,7 @@ fn ensure_model(model: &str) -> Result<()> {
     let p = PathBuf::from(model);
     if model == DEFAULT_MODEL && !p.exists() {
         fetch_smollm2(&p)?;
-    } else if model == "models/all-MiniLM-L6-v2" && !p.join("model.safetensors").exists() {
+    } else if model == MINILM_MODEL && !p.join("model.safetensors").exists() {
         fetch_minilm(&p)?;
     }
     Ok(())
