@@ -8,21 +8,11 @@
 //! Each is skipped when its model is absent, unless FTRI_REQUIRE_MINILM=1 / FTRI_REQUIRE_GGUF=1
 //! (CI) makes that a failure.
 
+mod common;
+
+use common::real_model_present as present;
 use ftri::demo::run_demo;
 use std::path::{Path, PathBuf};
-
-fn present(path: &Path, require: &str, fetch: &str) -> bool {
-    if path.exists() {
-        return true;
-    }
-    assert!(
-        std::env::var(require).as_deref() != Ok("1"),
-        "{require}=1 but {} is missing (run {fetch})",
-        path.display()
-    );
-    eprintln!("NOTICE: skipping: {} not fetched ({fetch})", path.display());
-    false
-}
 
 fn out_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))

@@ -22,19 +22,7 @@ fn model_file(name: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("FTRI_REQUIRE_GGUF").as_deref() != Ok("1"),
-        "FTRI_REQUIRE_GGUF=1 but {} is absent (run scripts/fetch_gguf.sh)",
-        p.display()
-    );
-    eprintln!(
-        "NOTICE: skipping GGUF parity: {} is absent (run scripts/fetch_gguf.sh; FTRI_REQUIRE_GGUF=1 makes this a failure)",
-        p.display()
-    );
-    None
+    common::real_model_present(&p, "FTRI_REQUIRE_GGUF", "scripts/fetch_gguf.sh").then_some(p)
 }
 
 const F32_REL_TOL: f32 = 5e-5;

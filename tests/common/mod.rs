@@ -5,6 +5,24 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Whether a fetched real model at `path` is there. Its absence is a skip with a notice, unless the
+/// environment variable `require` is `1` (CI), which makes it a failure; `fetch` names the script.
+pub fn real_model_present(path: &Path, require: &str, fetch: &str) -> bool {
+    if path.exists() {
+        return true;
+    }
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{require}=1 but {} is absent (run {fetch})",
+        path.display()
+    );
+    eprintln!(
+        "NOTICE: skipping: {} is absent (run {fetch}; {require}=1 makes this a failure)",
+        path.display()
+    );
+    false
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
