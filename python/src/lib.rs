@@ -12,6 +12,7 @@ use ftri::atlas::view::unit_view;
 use ftri::atlas::{Atlas, Field};
 use ftri::error::{is_user_error, user_error};
 use ftri::intervene::eval::{read_eval, EvalItem};
+use ftri::intervene::experts::{parse_expert_set, switch_off};
 use ftri::intervene::lesion::{build, lesion as lesion_job, open_atlas, LesionRequest};
 use ftri::intervene::{parse_neuron_set, Neuron, OpSpec};
 use ftri::model::hooks::select_sites;
@@ -80,7 +81,8 @@ struct Cache {
 }
 
 /// The interventions named by `(unit, op)` pairs: `L.N` neurons take every op of
-/// `ftri lesion --op` (through the lesion job's builder); `HOOK:N` units take zero, scale, set, add.
+/// `ftri lesion --op` (through the lesion job's builder); `HOOK:N` units take zero, scale, set, add;
+/// experts `L.eE` take `off` (switched off as `ftri lesion --experts` does).
 fn interventions(
     m: &Model,
     specs: &[(String, String)],
@@ -88,8 +90,22 @@ fn interventions(
 ) -> Result<Vec<Intervention>> {
     let mut out = Vec::new();
     for (unit, op) in specs {
-        let op = OpSpec::parse(op)?;
         let u: UnitId = unit.parse().map_err(|e| user_error(format!("{e}")))?;
+        if let UnitId::Expert { .. } = u {
+            if op != "off" {
+                return Err(user_error(format!(
+                    "expert `{unit}` takes the op `off` (switch it out of the routing), not `{op}`"
+                )));
+            }
+            out.extend(switch_off(&parse_expert_set(unit, &m.cfg)?, None));
+            continue;
+        }
+        if op == "off" {
+            return Err(user_error(format!(
+                "op `off` switches experts (L.eE) off; `{unit}` is not an expert"
+            )));
+        }
+        let op = OpSpec::parse(op)?;
         if u.as_neuron().is_some() {
             let n = Neuron::parse(unit, &m.cfg)?;
             out.extend(build(m, &[n], &op, None, atlas)?);
@@ -415,12 +431,12 @@ fn describe(py: Python<'_>, model: &PyModel, neuron: String, top: usize) -> PyRe
 
 /// `ftri lesion --json`.
 #[pyfunction]
-#[pyo3(signature = (model, neurons, eval, op = "zero".to_string(), control_eval = None, random_baseline = 0, positions = None, atlas = None, seed = 0))]
+#[pyo3(signature = (model, neurons, eval, op = "zero".to_string(), control_eval = None, random_baseline = 0, positions = None, atlas = None, seed = 0, experts = None))]
 #[allow(clippy::too_many_arguments)]
 fn lesion(
     py: Python<'_>,
     model: &PyModel,
-    neurons: String,
+    neurons: Option<String>,
     eval: Eval,
     op: String,
     control_eval: Option<Eval>,
@@ -428,19 +444,30 @@ fn lesion(
     positions: Option<Vec<usize>>,
     atlas: Option<PathBuf>,
     seed: u64,
+    experts: Option<String>,
 ) -> PyResult<String> {
     let m = model.inner.clone();
     job(py, move || {
         let op = OpSpec::parse(&op)?;
         let eval = eval.read()?;
         let control_eval = control_eval.map(Eval::read).transpose()?;
-        let neurons = parse_neuron_set(&neurons, &m.cfg)?;
+        if neurons.is_none() && experts.is_none() {
+            return Err(user_error("lesion: give neurons, experts or both"));
+        }
+        let neurons = match &neurons {
+            Some(spec) => parse_neuron_set(spec, &m.cfg)?,
+            None => vec![],
+        };
+        let experts = match &experts {
+            Some(spec) => parse_expert_set(spec, &m.cfg)?,
+            None => vec![],
+        };
         let atlas = open_atlas(atlas.as_deref(), &m, &op)?;
         let r = lesion_job(
             &m,
             &LesionRequest {
                 neurons,
-                experts: vec![],
+                experts,
                 op,
                 positions,
                 eval,

@@ -148,3 +148,43 @@ def test_info_matches_cli(llama):
     from conftest import cli_json
 
     assert llama.info() == cli_json("info", "--model", FIXTURES / "llama")
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+def test_expert_switch_off_equals_transformers(name):
+    """("L.eE", "off") takes the experts out of the routing exactly as transformers does with
+    their router column at -inf (the fixture scripts/make_fixtures.py wrote)."""
+    import ftri
+    from safetensors.numpy import load_file
+    from safetensors import safe_open
+
+    path = FIXTURES / name / "switch_off_expected.safetensors"
+    want = load_file(path)
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+    model = ftri.Model.load(FIXTURES / name)
+    ivs = [(e, "off") for e in meta["experts"].split(",")]
+    logits, cache = model.run_with_cache(
+        [meta["text"]], names=["blocks.*.mlp.hook_expert_indices"], interventions=ivs
+    )
+    got = logits[0]
+    scale = max(1.0, float(np.abs(want["logits"]).max()))
+    assert np.abs(got - want["logits"]).max() <= 1e-4 * scale
+    for key, value in want.items():
+        if key.endswith("hook_expert_indices"):
+            assert np.array_equal(cache[key][0], value), key
+    # And it changes something: the plain run differs.
+    plain, _ = model.run_with_cache([meta["text"]], names=[])
+    assert np.abs(plain[0] - want["logits"]).max() > 1e-3
+
+
+def test_expert_ops_are_checked():
+    import ftri
+
+    model = ftri.Model.load(FIXTURES / "mixtral")
+    with pytest.raises(ftri.FtriError, match="takes the op `off`"):
+        model.run_with_cache(["a b"], names=[], interventions=[("0.e1", "zero")])
+    with pytest.raises(ftri.FtriError, match="not an expert"):
+        model.run_with_cache(["a b"], names=[], interventions=[("0.1", "off")])
+    with pytest.raises(ftri.FtriError, match="out of range|no expert|experts"):
+        model.run_with_cache(["a b"], names=[], interventions=[("0.e99", "off")])

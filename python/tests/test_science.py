@@ -52,3 +52,13 @@ def test_lesion_equals_cli(llama, files):
 
 def test_model_path_instead_of_model(files):
     assert ftri.describe(str(LLAMA), "0.3", top=3)["neuron"] == "0.3"
+
+
+def test_expert_lesion_equals_cli(files):
+    d, ev = files
+    mixtral = FIXTURES / "mixtral"
+    want = cli_json("lesion", "--model", mixtral, "--experts", "0.e1,1.e2", "--eval", d / "e.jsonl", "--random-baseline", "3")
+    got = ftri.lesion(mixtral, experts=["0.e1", "1.e2"], eval=ev, random_baseline=3)
+    assert got == want
+    with pytest.raises(ftri.FtriError, match="no mixture-of-experts"):
+        ftri.lesion(LLAMA, experts="0.e1", eval=ev)

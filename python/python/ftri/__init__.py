@@ -87,7 +87,8 @@ class Model:
           model without an LM head or with ``return_logits=False``.
         - ``interventions``: ``[("3.17", "zero"), ("5.2040", "scale=2")]`` -- neurons ``L.N`` with
           the ops of ``ftri lesion --op`` (zero, mean, scale=F, set=V, add=V; ``mean`` reads the
-          corpus means from ``atlas``), or ``HOOK:N`` units with zero/scale/set/add. Captured
+          corpus means from ``atlas``), ``HOOK:N`` units with zero/scale/set/add, or experts
+          ``L.eE`` with ``off`` (switched out of the routing, as ``ftri lesion --experts``). Captured
           activations are the values after the intervention.
         - Texts run in batches of ``batch_size``; each text's activations equal running it alone.
         """
@@ -307,21 +308,28 @@ def _eval(e):
     return out
 
 
-def lesion(model, neurons, eval, op="zero", control_eval=None, atlas=None, **opts):
-    """``ftri lesion --json``: ``neurons`` is "3.17,5.2040", a list of ids or a file;
-    ``eval``/``control_eval`` a JSONL file of ``{"prompt", "target"}`` or a list of such dicts or
-    (prompt, target) pairs; ``op`` as ``--op``; options ``random_baseline``, ``positions`` (a list),
-    ``seed``; ``atlas`` for ``mean``/``adjust``."""
-    if not isinstance(neurons, (str, _os.PathLike)):
+def lesion(model, neurons=None, eval=None, op="zero", control_eval=None, atlas=None, experts=None, **opts):
+    """``ftri lesion --json``: ``neurons`` is "3.17,5.2040", a list of ids or a file; ``experts``
+    ("3.e5,7.e1" or a list) switches experts of a mixture-of-experts model off (their router logit
+    to -inf before the top-k), with or without neurons; ``eval``/``control_eval`` a JSONL file of
+    ``{"prompt", "target"}`` or a list of such dicts or (prompt, target) pairs; ``op`` as
+    ``--op``; options ``random_baseline``, ``positions`` (a list), ``seed``; ``atlas`` for
+    ``mean``/``adjust``."""
+    if eval is None:
+        raise TypeError("lesion() needs eval: a JSONL file or a list of {prompt, target}")
+    if neurons is not None and not isinstance(neurons, (str, _os.PathLike)):
         neurons = ",".join(str(n) for n in neurons)
+    if experts is not None and not isinstance(experts, str):
+        experts = ",".join(str(e) for e in experts)
     return _json.loads(
         _ftri.lesion(
             _model(model)._m,
-            _path(neurons),
+            _path(neurons) if neurons is not None else None,
             _eval(eval),
             op=op,
             control_eval=_eval(control_eval),
             atlas=_path(atlas),
+            experts=experts,
             **opts,
         )
     )
