@@ -341,6 +341,11 @@ fn align_ranks_the_layer_a_synthetic_brain_was_made_from_first() {
     let n_train = (n - n / 5) as f64;
     let expected = 0.5 - 0.5 * p as f64 / (n_train - p as f64 - 1.0);
     let got = r.layers[2].ridge.as_ref().unwrap().mean_r2;
+    eprintln!(
+        "synthetic brain from layer 2: mean held-out R² {got:.3}, expected ≈ {expected:.3}; mean r by layer {:?}; RSA ρ by layer {:?}",
+        r.layers.iter().map(|l| l.ridge.as_ref().map(|x| (x.mean_r * 1000.0).round() / 1000.0)).collect::<Vec<_>>(),
+        r.layers.iter().map(|l| l.rsa.as_ref().map(|x| (x.rho * 1000.0).round() / 1000.0)).collect::<Vec<_>>()
+    );
     assert!(
         got > expected - 0.05 && got < 0.5 + 0.02,
         "mean held-out R² {got}, expected about {expected} (ceiling 0.5)"

@@ -283,6 +283,9 @@ pub fn log_likelihood(logits: &Tensor, chunk: &[(Vec<u32>, usize)]) -> Result<Te
     Ok((picked * Tensor::from_vec(weight, (b, t), dev)?)?.sum_all()?)
 }
 
+/// What receives one sequence's activations: (sequence index, [rows x units] values, rows).
+pub type TokenSink<'a> = dyn FnMut(usize, &[f32], usize) -> Result<()> + 'a;
+
 /// Per-token activations of `sites` for token sequences (ids as given, special tokens included in
 /// the pass): `each(i, acts, rows)` gets sequence i's activations at its non-special positions,
 /// [rows x units] row-major, the units of `sites` concatenated in order. The frequency-tagging
@@ -292,7 +295,7 @@ pub fn token_activations(
     seqs: &[Vec<u32>],
     sites: &[Site],
     batch_size: usize,
-    each: &mut dyn FnMut(usize, &[f32], usize) -> Result<()>,
+    each: &mut TokenSink,
 ) -> Result<()> {
     let units: usize = sites.iter().map(|s| model.site_dim(*s)).sum();
     let mut done = 0;

@@ -240,10 +240,12 @@ fn read_safetensors(path: &Path, key: Option<&str>) -> Result<Array> {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
             .collect(),
-        other => return Err(user_error(format!(
+        other => {
+            return Err(user_error(format!(
             "{}: tensor `{name}` has dtype {other:?}; numbers (f32, f64, f16, bf16, i32, i64) only",
             path.display()
-        ))),
+        )))
+        }
     };
     Ok(Array {
         shape: t.shape().to_vec(),
@@ -421,6 +423,49 @@ mod tests {
         assert!(crate::error::is_user_error(
             &read_array(&p, None).unwrap_err()
         ));
+    }
+
+    #[test]
+    fn parquet_columns_and_safetensors_tensors() {
+        use arrow_array::{ArrayRef, Float64Array, Int32Array, RecordBatch};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.parquet");
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "v0",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])) as ArrayRef,
+            ),
+            ("v1", Arc::new(Int32Array::from(vec![4, 5, 6])) as ArrayRef),
+        ])
+        .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&p).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let a = read_array(&p, None).unwrap();
+        assert_eq!(a.shape, vec![3, 2]);
+        assert_eq!(a.data, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        let s = dir.path().join("b.safetensors");
+        let t = candle_core::Tensor::from_vec(
+            vec![1f64, 2., 3., 4., 5., 6.],
+            (3, 2),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let map: std::collections::HashMap<String, candle_core::Tensor> =
+            [("x".to_string(), t.clone()), ("y".to_string(), t)]
+                .into_iter()
+                .collect();
+        candle_core::safetensors::save(&map, &s).unwrap();
+        let e = read_array(&s, None).unwrap_err();
+        assert!(e.to_string().contains("--brain-key"), "{e}");
+        let a = read_array(&s, Some("y")).unwrap();
+        assert_eq!((a.shape.clone(), a.data[5]), (vec![3, 2], 6.0));
     }
 
     #[test]
