@@ -503,13 +503,14 @@ async function main() {
   badge.textContent = INFO.loaded_model ? `model: ${INFO.loaded_model}` : "atlas only";
   badge.title = INFO.atlas;
   const p = location.pathname;
-  const navKey = p.startsWith("/search") ? "search" : p.startsWith("/localize") ? "localize" : p === "/" ? "overview" : "";
+  const navKey = p.startsWith("/search") ? "search" : p.startsWith("/localize") ? "localize" : p === "/neuro" ? "neuro" : p === "/" ? "overview" : "";
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === navKey));
   try {
     if (p === "/") await overview();
     else if (p.startsWith("/neuron/")) await neuronPage(decodeURIComponent(p.slice("/neuron/".length)));
     else if (p === "/search") await searchPage();
     else if (p === "/localize") localizePage();
+    else if (p === "/neuro") neuroPage();
     else $app.replaceChildren(el("h1", {}, "Not found"));
   } catch (e) { $app.append(errorBox(e)); }
   document.body.dataset.ready = "1";

@@ -1,7 +1,12 @@
 //! The `analyze` stage: how units respond to stimuli (responses), localize (contrasts,
-//! attribution, FDR), describe (weights → tokens), and the statistics they share.
+//! attribution, FDR), describe (weights → tokens), tuning curves (tune), and the statistics and
+//! numerics (ridge, Spearman, folds) they share.
 
+pub mod align;
 pub mod describe;
+pub mod frequency;
 pub mod localize;
+pub mod numerics;
 pub mod responses;
 pub mod stats;
+pub mod tune;

@@ -282,3 +282,56 @@ pub fn log_likelihood(logits: &Tensor, chunk: &[(Vec<u32>, usize)]) -> Result<Te
     let picked = logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?;
     Ok((picked * Tensor::from_vec(weight, (b, t), dev)?)?.sum_all()?)
 }
+
+/// What receives one sequence's activations: (sequence index, [rows x units] values, rows).
+pub type TokenSink<'a> = dyn FnMut(usize, &[f32], usize) -> Result<()> + 'a;
+
+/// Per-token activations of `sites` for token sequences (ids as given, special tokens included in
+/// the pass): `each(i, acts, rows)` gets sequence i's activations at its non-special positions,
+/// [rows x units] row-major, the units of `sites` concatenated in order. The frequency-tagging
+/// analysis reads activation over positions rather than one reduced value per stimulus.
+pub fn token_activations(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    sites: &[Site],
+    batch_size: usize,
+    each: &mut TokenSink,
+) -> Result<()> {
+    let units: usize = sites.iter().map(|s| model.site_dim(*s)).sum();
+    let mut done = 0;
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let batch = model.batch(chunk)?;
+        let mut hooks = HookSet::capturing(sites.iter().copied());
+        model.forward(&batch, &mut hooks)?;
+        let per_site: Vec<Tensor> = sites
+            .iter()
+            .map(|s| {
+                hooks
+                    .take(*s)
+                    .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+            })
+            .collect::<Result<_>>()?;
+        for (b, seq) in chunk.iter().enumerate() {
+            let kept: Vec<usize> = (0..seq.len())
+                .filter(|&i| !model.tokenizer.is_special(seq[i]))
+                .collect();
+            let mut acts = vec![0f32; kept.len() * units];
+            let mut col = 0;
+            for t in &per_site {
+                let x = t
+                    .get(b)?
+                    .narrow(0, 0, seq.len())?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                let d = x.first().map_or(0, |r| r.len());
+                for (r, &pos) in kept.iter().enumerate() {
+                    acts[r * units + col..r * units + col + d].copy_from_slice(&x[pos]);
+                }
+                col += d;
+            }
+            each(done + b, &acts, kept.len())?;
+        }
+        done += chunk.len();
+    }
+    Ok(())
+}

@@ -1,9 +1,11 @@
 //! `ftri <verb>`: argument parsing and the human/JSON presentation of each stage's results.
 
+pub mod align;
 pub mod atlas;
 pub mod bench;
 pub mod demo;
 pub mod describe;
+pub mod frequency;
 pub mod generate;
 pub mod info;
 pub mod lesion;
@@ -14,6 +16,7 @@ pub mod record;
 pub mod serve;
 pub mod show;
 pub mod trace;
+pub mod tune;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -59,6 +62,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// What a neuron writes (tokens it promotes/suppresses) and reads, from its weights; --all for every neuron
     Describe(describe::DescribeArgs),
+    /// Tuning curves: each unit's response against a numeric stimulus value (linear, log, Gaussian fits; ridge decoding per layer)
+    Tune(tune::TuneArgs),
+    /// Frequency tagging: which units follow the words, phrases and sentences of structured token streams
+    Frequency(frequency::FrequencyArgs),
+    /// Model–brain alignment per layer: ridge encoding of recorded brain units, RSA and CKA
+    Align(align::AlignArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -114,5 +123,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Atlas(a) => atlas::run(a),
+        Command::Tune(a) => tune::run(a),
+        Command::Frequency(a) => frequency::run(a),
+        Command::Align(a) => align::run(a),
     }
 }

@@ -4,6 +4,7 @@
 //! Documents are numbered from 0 in reading order across all inputs; a skipped document (empty, or
 //! not UTF-8 in a plain-text file) keeps its number, so `doc` always points at the same line/row.
 
+pub mod matrix;
 mod parquet_reader;
 pub mod window;
 

@@ -94,6 +94,7 @@ pub fn router(state: Shared) -> Router {
         .route("/neuron/{id}", get(page))
         .route("/search", get(page))
         .route("/localize", get(page))
+        .route("/neuro", get(page))
         .route("/assets/{*path}", get(asset))
         .nest("/api", api)
         .fallback(not_found)
