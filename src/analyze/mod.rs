@@ -1,7 +1,9 @@
 //! The `analyze` stage: how units respond to stimuli (responses), localize (contrasts,
-//! attribution, FDR), describe (weights → tokens), and the statistics they share.
+//! attribution, FDR), describe (weights → tokens), expert imaging (routing contrasts), and the
+//! statistics they share.
 
 pub mod describe;
+pub mod experts;
 pub mod localize;
 pub mod responses;
 pub mod stats;
