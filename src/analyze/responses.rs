@@ -285,6 +285,13 @@ fn tokenize_all(model: &Model, stimuli: &[Stimulus]) -> Result<Vec<(Vec<u32>, us
     stimuli.iter().map(|s| tokens(model, s)).collect()
 }
 
+/// A stimulus's token ids and how many of them are the prompt.
+type Tokens = (Vec<u32>, usize);
+/// One chunk of stimuli → its per-site tensors [B, T, ·].
+type ChunkForward<'a> = dyn FnMut(&[Tokens]) -> Result<Vec<Tensor>> + 'a;
+/// One stimulus's token ids and its rows [len, ·] per site.
+type EachStimulus<'a> = dyn FnMut(&[u32], Vec<Tensor>) -> Result<()> + 'a;
+
 /// Runs tokenized stimuli `batch` at a time: `forward` computes one chunk's per-site tensors
 /// [B, T, ·]; `each` receives every stimulus's token ids and its rows [len, ·] per site (the
 /// padding cut off), in order.
@@ -292,8 +299,8 @@ fn in_batches(
     toks: &[(Vec<u32>, usize)],
     batch: usize,
     keep_going: &dyn Fn() -> Result<()>,
-    forward: &mut dyn FnMut(&[(Vec<u32>, usize)]) -> Result<Vec<Tensor>>,
-    each: &mut dyn FnMut(&[u32], Vec<Tensor>) -> Result<()>,
+    forward: &mut ChunkForward<'_>,
+    each: &mut EachStimulus<'_>,
 ) -> Result<()> {
     for chunk in toks.chunks(batch.max(1)) {
         keep_going()?;

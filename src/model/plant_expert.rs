@@ -7,8 +7,9 @@
 //!   the embeddings carry +a at r for its trigger tokens and −a for all others, and no attention
 //!   projection, router column or expert reads or writes r, so r holds at every layer.
 //! - Router: the expert's gate row is `ROUTER_GAIN` at r and 0 elsewhere, so its logit is exactly
-//!   ROUTER_GAIN · RMSNorm(x)_r: about +17 at a trigger and −17 elsewhere, against |logit| ≲ 1 for
-//!   the random experts (std 0.02 rows against a unit-RMS input). A trigger is always routed to it
+//!   ROUTER_GAIN · RMSNorm(x)_r: above +10 at a trigger and below −10 elsewhere (±11–14 in the
+//!   tests' 64-wide model), against |logit| ≲ 1 for the random experts (std 0.02 rows against a
+//!   unit-RMS input). A trigger is always routed to it
 //!   (top-1), any other token never (this needs top-k below the expert count). The other experts'
 //!   router rows do not see r, so their logits are those of the unplanted model.
 //! - Expert: only its neuron 0 is non-zero — gate reads 8·r, up reads r (silu(8x)·x: large for
