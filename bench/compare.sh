@@ -6,6 +6,10 @@
 #   [PY=/path/to/venv/bin/python] bench/compare.sh [RUNS]
 # With MODEL=PATH (a checkpoint folder or a .gguf file, e.g. models/SmolLM2-135M-Instruct.Q4_1.gguf)
 # only the forward job runs, on that model (the PyTorch record reference is GPT-2 specific).
+# MODEL=mixtral-small builds a Mixtral-shaped random checkpoint (`ftri plant --preset mixtral-small`:
+# 8 layers, d_model 512, 8 experts of 1024, top-2) under target/bench/ and runs the forward job on
+# it; on a mixture-of-experts model both sides capture every layer's router logits (transformers
+# has no per-expert module to hook).
 # Builds the GPT-2-small-shaped random checkpoint and the benchmark corpus (bench/make_corpus.py:
 # real-ish text, documents of 7–400 tokens) under target/bench/ if absent.
 set -euo pipefail
@@ -15,6 +19,12 @@ mkdir -p "$W"
 cargo build --release -q
 F=target/release/ftri
 M="${MODEL:-$W/gpt2-small}"
+if [ "${MODEL:-}" = mixtral-small ]; then
+  M="$W/mixtral-small"
+  [ -d "$M" ] || $F plant --preset mixtral-small --out "$M"
+fi
+HOOKS=(); if [ -f "$M/config.json" ] && grep -q '"num_\(local_\)\?experts"' "$M/config.json"; then
+  HOOKS=(--hooks 'blocks.*.mlp.hook_router_logits'); fi
 [ -n "${MODEL:-}" ] || [ -d "$W/gpt2-small" ] || $F plant --preset gpt2-small --out "$W/gpt2-small"
 [ -f "$W/corpus.txt" ] || python3 bench/make_corpus.py --out "$W/corpus.txt"
 TORCH=0
@@ -23,7 +33,7 @@ if "$PY" -c "import torch, transformers" 2>/dev/null; then TORCH=1; else
 IMPLS=ftri; [ $TORCH = 1 ] && IMPLS="ftri torch"
 rm -f "$W"/fwd-*.json "$W"/rec-*.json
 for i in $(seq "$RUNS"); do
-  $F bench --model "$M" --batch 8 --seq 128 --batches 6 --json 2>/dev/null > "$W/fwd-ftri-$i.json"
+  $F bench --model "$M" --batch 8 --seq 128 --batches 6 ${HOOKS[@]+"${HOOKS[@]}"} --json 2>/dev/null > "$W/fwd-ftri-$i.json"
   if [ $TORCH = 1 ]; then
     "$PY" bench/reference_forward.py --model "$M" --batch 8 --seq 128 --batches 6 2>/dev/null > "$W/fwd-torch-$i.json"
   fi

@@ -3,6 +3,9 @@
 Loads the checkpoint with transformers (base model, no LM head), captures every
 `blocks.{l}.mlp.hook_post` (the input of each MLP's down projection) with forward pre-hooks, over
 batches of random token ids, and prints tokens/s and the process's peak resident memory as JSON.
+A mixture-of-experts model (Mixtral, ...) has no per-expert module to hook in transformers 5 (the
+experts are fused parameters), so there every layer's router logits are captured instead — what
+`ftri bench --hooks 'blocks.*.mlp.hook_router_logits'` captures (bench/compare.sh passes it).
 
     python bench/reference_forward.py --model DIR|FILE.gguf [--batch 8] [--seq 128] [--batches 8] [--threads 2]
 
@@ -32,7 +35,13 @@ def main():
     # the module whose input is the neuron activations, per architecture
     downs = [m for n, m in model.named_modules() if n.endswith(("mlp.c_proj", "mlp.down_proj", "mlp.dense_4h_to_h", "output.dense")) and "attention" not in n]
     captured = []
-    for mod in downs:
+    routers = [m for n, m in model.named_modules() if n.endswith("mlp.gate") and type(m).__name__.endswith("Router")]
+    if routers:
+        # mixture of experts: the router's first output is its logits [tokens, experts]
+        downs = routers
+        for mod in routers:
+            mod.register_forward_hook(lambda _m, _args, out: captured.append(out[0].detach()))
+    for mod in [] if routers else downs:
         mod.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     gen = torch.Generator().manual_seed(1)
 

@@ -174,48 +174,50 @@ pub fn unit_values_until(
     r: &Readout,
     keep_going: &dyn Fn() -> Result<()>,
 ) -> Result<Vec<Vec<f32>>> {
-    let Readout {
-        reduce,
-        method,
-        include_special,
-        batch: batch_size,
-    } = *r;
-    let toks: Vec<(Vec<u32>, usize)> = stimuli
-        .iter()
-        .map(|s| tokens(model, s))
-        .collect::<Result<_>>()?;
     let mut rows = Vec::with_capacity(stimuli.len());
-    for chunk in toks.chunks(batch_size.max(1)) {
-        keep_going()?;
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
-        let batch = model.batch(&ids)?;
-        let mut hooks = match method {
-            Method::Contrast => HookSet::capturing(sites.iter().copied()),
-            Method::Attribution => {
-                let mut h = HookSet::new();
-                sites.iter().for_each(|s| h.track_gradient(*s));
-                h
+    let mut push =
+        |per_site: Vec<Tensor>, reduce: &dyn Fn(Tensor) -> Result<Tensor>| -> Result<()> {
+            let mut row = Vec::new();
+            for x in per_site {
+                row.extend(reduce(x.to_dtype(DType::F32)?)?.to_vec1::<f32>()?);
             }
+            rows.push(row);
+            Ok(())
         };
-        let logits = model.forward(&batch, &mut hooks)?;
-        let per_site: Vec<Tensor> = match method {
-            Method::Contrast => sites
-                .iter()
-                .map(|s| {
-                    hooks
-                        .take(*s)
-                        .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+    match r.method {
+        Method::Contrast => {
+            let reduce = |x: Tensor| -> Result<Tensor> {
+                Ok(match r.reduce {
+                    Reduce::Mean => x.mean(0)?,
+                    Reduce::Max => x.max(0)?,
+                    Reduce::Last => x.get(x.dim(0)? - 1)?,
                 })
-                .collect::<Result<_>>()?,
-            Method::Attribution => {
+            };
+            captured_rows_until(
+                model,
+                stimuli,
+                sites,
+                r.include_special,
+                r.batch,
+                keep_going,
+                &mut |rows| push(rows, &reduce),
+            )?;
+        }
+        Method::Attribution => {
+            // activation × gradient of the stimulus's log-likelihood, summed over every token
+            let toks = tokenize_all(model, stimuli)?;
+            let mut forward = |chunk: &[(Vec<u32>, usize)]| -> Result<Vec<Tensor>> {
+                let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
+                let mut hooks = HookSet::new();
+                sites.iter().for_each(|s| hooks.track_gradient(*s));
+                let logits = model.forward(&model.batch(&ids)?, &mut hooks)?;
                 let logits = logits.ok_or_else(|| {
                     user_error(format!(
                         "{} has no LM head: attribution needs next-token log-probabilities",
                         model.id
                     ))
                 })?;
-                let metric = log_likelihood(&logits, chunk)?;
-                let grads = metric.backward()?;
+                let grads = log_likelihood(&logits, chunk)?.backward()?;
                 sites
                     .iter()
                     .map(|s| {
@@ -224,43 +226,94 @@ pub fn unit_values_until(
                             .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
                         Ok((a * g)?)
                     })
-                    .collect::<Result<_>>()?
-            }
-        };
-        for (b, (seq, _)) in chunk.iter().enumerate() {
-            let len = seq.len();
-            let kept: Vec<u32> = (0..len as u32)
-                .filter(|&i| include_special || !model.tokenizer.is_special(seq[i as usize]))
-                .collect();
-            // A stimulus of special tokens only keeps them all rather than reducing nothing.
-            let kept = match kept.len() {
-                0 => None,
-                n if n == len => None,
-                _ => Some(Tensor::new(kept.as_slice(), model.device())?),
+                    .collect()
             };
-            let mut row = Vec::new();
-            for t in &per_site {
-                let x = t.get(b)?.narrow(0, 0, len)?.to_dtype(DType::F32)?;
-                let v = match (method, reduce) {
-                    (Method::Attribution, _) => x.sum(0)?,
-                    (_, reduce) => {
-                        let x = match &kept {
-                            Some(idx) => x.index_select(idx, 0)?,
-                            None => x,
-                        };
-                        match reduce {
-                            Reduce::Mean => x.mean(0)?,
-                            Reduce::Max => x.max(0)?,
-                            Reduce::Last => x.get(x.dim(0)? - 1)?,
-                        }
-                    }
-                };
-                row.extend(v.to_vec1::<f32>()?);
-            }
-            rows.push(row);
+            let sum = |x: Tensor| -> Result<Tensor> { Ok(x.sum(0)?) };
+            in_batches(&toks, r.batch, keep_going, &mut forward, &mut |_, rows| {
+                push(rows, &sum)
+            })?;
         }
     }
     Ok(rows)
+}
+
+/// Each stimulus's activations at `sites`, over the tokens a reduction reads: padding cut off,
+/// special tokens left out unless `include_special` (a stimulus of special tokens only keeps them
+/// all rather than reducing nothing). `batch` stimuli share a forward pass; `each` receives the
+/// stimuli in order, one tensor [kept tokens, ·] per site. `keep_going` is called before each
+/// batch, as in [`unit_values_until`].
+pub fn captured_rows_until(
+    model: &Model,
+    stimuli: &[Stimulus],
+    sites: &[Site],
+    include_special: bool,
+    batch: usize,
+    keep_going: &dyn Fn() -> Result<()>,
+    each: &mut dyn FnMut(Vec<Tensor>) -> Result<()>,
+) -> Result<()> {
+    let toks = tokenize_all(model, stimuli)?;
+    let mut forward = |chunk: &[(Vec<u32>, usize)]| -> Result<Vec<Tensor>> {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|(t, _)| t.clone()).collect();
+        let mut hooks = HookSet::capturing(sites.iter().copied());
+        model.forward(&model.batch(&ids)?, &mut hooks)?;
+        sites
+            .iter()
+            .map(|s| {
+                hooks
+                    .take(*s)
+                    .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+            })
+            .collect()
+    };
+    in_batches(&toks, batch, keep_going, &mut forward, &mut |seq, rows| {
+        let kept: Vec<u32> = (0..seq.len() as u32)
+            .filter(|&i| include_special || !model.tokenizer.is_special(seq[i as usize]))
+            .collect();
+        if kept.is_empty() || kept.len() == seq.len() {
+            return each(rows);
+        }
+        let idx = Tensor::new(kept.as_slice(), model.device())?;
+        each(
+            rows.iter()
+                .map(|x| Ok(x.index_select(&idx, 0)?))
+                .collect::<Result<_>>()?,
+        )
+    })
+}
+
+fn tokenize_all(model: &Model, stimuli: &[Stimulus]) -> Result<Vec<(Vec<u32>, usize)>> {
+    stimuli.iter().map(|s| tokens(model, s)).collect()
+}
+
+/// A stimulus's token ids and how many of them are the prompt.
+type Tokens = (Vec<u32>, usize);
+/// One chunk of stimuli → its per-site tensors [B, T, ·].
+type ChunkForward<'a> = dyn FnMut(&[Tokens]) -> Result<Vec<Tensor>> + 'a;
+/// One stimulus's token ids and its rows [len, ·] per site.
+type EachStimulus<'a> = dyn FnMut(&[u32], Vec<Tensor>) -> Result<()> + 'a;
+
+/// Runs tokenized stimuli `batch` at a time: `forward` computes one chunk's per-site tensors
+/// [B, T, ·]; `each` receives every stimulus's token ids and its rows [len, ·] per site (the
+/// padding cut off), in order.
+fn in_batches(
+    toks: &[(Vec<u32>, usize)],
+    batch: usize,
+    keep_going: &dyn Fn() -> Result<()>,
+    forward: &mut ChunkForward<'_>,
+    each: &mut EachStimulus<'_>,
+) -> Result<()> {
+    for chunk in toks.chunks(batch.max(1)) {
+        keep_going()?;
+        let per_site = forward(chunk)?;
+        for (b, (seq, _)) in chunk.iter().enumerate() {
+            let rows = per_site
+                .iter()
+                .map(|t| Ok(t.get(b)?.narrow(0, 0, seq.len())?))
+                .collect::<Result<_>>()?;
+            each(seq, rows)?;
+        }
+    }
+    Ok(())
 }
 
 /// Σ over each sequence of log p(next token): over the target's tokens when the stimulus has

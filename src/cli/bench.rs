@@ -23,16 +23,24 @@ pub struct BenchArgs {
     /// Timed batches (after one warm-up batch)
     #[arg(long, default_value_t = 8)]
     pub batches: usize,
-    /// Hook points to capture (globs, as in `trace`)
-    #[arg(long, default_value = "blocks.*.mlp.hook_post")]
-    pub hooks: String,
+    /// Hook points to capture (globs, as in `trace`); default `blocks.*.mlp.hook_post`, and on a
+    /// mixture-of-experts model every expert's neurons, `blocks.*.mlp.experts.*.hook_post`
+    #[arg(long)]
+    pub hooks: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let m = a.model.load()?;
-    let sites = crate::model::hooks::select_sites(&m.sites(), &a.hooks)?;
+    let hooks = a.hooks.clone().unwrap_or_else(|| {
+        match m.cfg.moe {
+            Some(_) => "blocks.*.mlp.experts.*.hook_post",
+            None => "blocks.*.mlp.hook_post",
+        }
+        .to_string()
+    });
+    let sites = crate::model::hooks::select_sites(&m.sites(), &hooks)?;
     let mut rng = Rng::new(1);
     let vocab = m.cfg.vocab_size.min(m.tokenizer.vocab_size().max(1));
     let mut make_batch = || -> Result<_> {

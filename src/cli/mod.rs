@@ -5,6 +5,7 @@ pub mod atlas;
 pub mod bench;
 pub mod demo;
 pub mod describe;
+pub mod experts;
 pub mod frequency;
 pub mod generate;
 pub mod info;
@@ -58,6 +59,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Rank neurons by how differently they respond to target and control stimuli
     Localize(localize::LocalizeArgs),
+    /// Rank the experts of a mixture-of-experts model by how differently target and control
+    /// stimuli are routed to them
+    Experts(experts::ExpertsArgs),
     /// Local web UI and JSON API over an atlas (brain-map overview, neuron pages, search, localize)
     Serve(serve::ServeArgs),
     /// What a neuron writes (tokens it promotes/suppresses) and reads, from its weights; --all for every neuron
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lesion(a) => lesion::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Localize(a) => localize::run(a),
+        Command::Experts(a) => experts::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Describe(a) => describe::run(a),
         Command::Record(a) => record::run(a),

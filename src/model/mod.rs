@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod layers;
 pub mod moe;
 pub mod plant;
+pub mod plant_expert;
 pub mod synth;
 pub mod tokenizer;
 pub mod transformer;

@@ -1,6 +1,8 @@
 //! Synthetic checkpoints in the Hugging Face layout (config.json, model.safetensors,
-//! tokenizer.json) that transformers loads as well: random GPT-2 / Llama networks of any shape, for
-//! benchmarks, and the base into which `plant` writes neurons with known behaviour.
+//! tokenizer.json) that transformers loads as well: random GPT-2 / Llama / Mixtral networks of any
+//! shape, for benchmarks, and the base into which `plant` writes neurons and experts with known
+//! behaviour. Mixtral weights use the hub names (`block_sparse_moe.gate`, `experts.E.w1/w3/w2`),
+//! which both ftri and transformers read.
 
 use crate::output::write_atomic;
 use crate::rng::Rng;
@@ -13,6 +15,12 @@ use std::path::Path;
 pub enum SynthArch {
     Gpt2,
     Llama,
+    /// Llama attention with a mixture of `experts` gated MLPs (each of `d_mlp` neurons) in every
+    /// layer, `top_k` chosen per token.
+    Mixtral {
+        experts: usize,
+        top_k: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +39,24 @@ pub struct SynthSpec {
 impl SynthSpec {
     pub fn heads_invalid(&self) -> bool {
         self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads)
+    }
+
+    /// Mixtral 8x7B's routing (8 experts, top-2) at `d_model` 512, 8 layers of 8 heads, experts of
+    /// 1024 neurons, 32000 tokens: a mixture-of-experts model to benchmark on a small machine.
+    pub fn mixtral_small() -> Self {
+        Self {
+            arch: SynthArch::Mixtral {
+                experts: 8,
+                top_k: 2,
+            },
+            n_layers: 8,
+            d_model: 512,
+            n_heads: 8,
+            d_mlp: 1024,
+            n_ctx: 1024,
+            vocab: default_vocab(32000),
+            seed: 0,
+        }
     }
 
     /// The shape of GPT-2 small (124M parameters) with a vocabulary of 50257 made-up words.
@@ -112,7 +138,7 @@ pub fn random_weights(spec: &SynthSpec) -> Weights {
             w.insert("ln_f.weight".into(), filled(&[d], 1.0));
             w.insert("ln_f.bias".into(), filled(&[d], 0.0));
         }
-        SynthArch::Llama => {
+        SynthArch::Llama | SynthArch::Mixtral { .. } => {
             w.insert(
                 "model.embed_tokens.weight".into(),
                 randn(&mut rng, &[v, d], 0.02),
@@ -124,15 +150,27 @@ pub fn random_weights(spec: &SynthSpec) -> Weights {
                     format!("{p}.post_attention_layernorm.weight"),
                     filled(&[d], 1.0),
                 );
-                for (name, o, i) in [
-                    ("self_attn.q_proj", d, d),
-                    ("self_attn.k_proj", d, d),
-                    ("self_attn.v_proj", d, d),
-                    ("self_attn.o_proj", d, d),
-                    ("mlp.gate_proj", m, d),
-                    ("mlp.up_proj", m, d),
-                    ("mlp.down_proj", d, m),
-                ] {
+                let mut mats: Vec<(String, usize, usize)> = ["q", "k", "v", "o"]
+                    .iter()
+                    .map(|x| (format!("self_attn.{x}_proj"), d, d))
+                    .collect();
+                match spec.arch {
+                    SynthArch::Mixtral { experts, .. } => {
+                        mats.push(("block_sparse_moe.gate".into(), experts, d));
+                        for e in 0..experts {
+                            let x = format!("block_sparse_moe.experts.{e}");
+                            mats.push((format!("{x}.w1"), m, d));
+                            mats.push((format!("{x}.w3"), m, d));
+                            mats.push((format!("{x}.w2"), d, m));
+                        }
+                    }
+                    _ => {
+                        mats.push(("mlp.gate_proj".into(), m, d));
+                        mats.push(("mlp.up_proj".into(), m, d));
+                        mats.push(("mlp.down_proj".into(), d, m));
+                    }
+                }
+                for (name, o, i) in mats {
                     w.insert(format!("{p}.{name}.weight"), randn(&mut rng, &[o, i], 0.02));
                 }
             }
@@ -158,6 +196,14 @@ fn config_json(spec: &SynthSpec) -> serde_json::Value {
             "num_key_value_heads": spec.n_heads, "intermediate_size": spec.d_mlp, "max_position_embeddings": spec.n_ctx,
             "vocab_size": v, "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
             "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 0,
+        }),
+        SynthArch::Mixtral { experts, top_k } => json!({
+            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+            "num_hidden_layers": spec.n_layers, "hidden_size": spec.d_model, "num_attention_heads": spec.n_heads,
+            "num_key_value_heads": spec.n_heads, "intermediate_size": spec.d_mlp, "max_position_embeddings": spec.n_ctx,
+            "num_local_experts": experts, "num_experts_per_tok": top_k, "router_aux_loss_coef": 0.0,
+            "vocab_size": v, "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "sliding_window": null, "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 0,
         }),
     }
 }

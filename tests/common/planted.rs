@@ -12,6 +12,7 @@ pub fn planted_dir(arch: SynthArch) -> PathBuf {
     let name = match arch {
         SynthArch::Gpt2 => "planted-gpt2",
         SynthArch::Llama => "planted-llama",
+        SynthArch::Mixtral { .. } => "planted-mixtral",
     };
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
