@@ -67,12 +67,14 @@ fn differentiable_path_matches_fast_path() {
                 m.encode("In 1999, Riverton built a new bridge!").unwrap(),
             ])
             .unwrap();
-        let mut fast = HookSet::capturing(m.sites());
+        // outside attention: capturing its internals would take the unfused path in both
+        let sites = common::sites_outside_attention(&m);
+        let mut fast = HookSet::capturing(sites.iter().copied());
         m.forward(&batch, &mut fast).unwrap();
-        let mut slow = HookSet::capturing(m.sites());
+        let mut slow = HookSet::capturing(sites.iter().copied());
         slow.differentiable = true;
         m.forward(&batch, &mut slow).unwrap();
-        for s in m.sites() {
+        for &s in &sites {
             let d = max_abs_diff(fast.get(s).unwrap(), slow.get(s).unwrap());
             assert!(
                 d < 1e-4,

@@ -441,6 +441,7 @@ fn lesion(
             &LesionRequest {
                 neurons,
                 experts: vec![],
+                heads: vec![],
                 op,
                 positions,
                 eval,

@@ -202,9 +202,14 @@ pub fn unit_values_until(
             Method::Contrast => sites
                 .iter()
                 .map(|s| {
-                    hooks
+                    let x = hooks
                         .take(*s)
-                        .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+                        .ok_or_else(|| anyhow::anyhow!("{s} not captured"))?;
+                    // a head (hook_z [B, T, H, Dh]) as one unit: its output norm per token
+                    match x.rank() {
+                        4 => crate::model::attention_hooks::head_norms(&x),
+                        _ => Ok(x),
+                    }
                 })
                 .collect::<Result<_>>()?,
             Method::Attribution => {
@@ -222,7 +227,12 @@ pub fn unit_values_until(
                         let (a, g) = hooks
                             .gradient(*s, &grads)?
                             .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
-                        Ok((a * g)?)
+                        let ag = (a * g)?;
+                        // a head (hook_z [B, T, H, Dh]) as one unit: its entries' sum
+                        Ok(match ag.rank() {
+                            4 => ag.sum(3)?,
+                            _ => ag,
+                        })
                     })
                     .collect::<Result<_>>()?
             }
