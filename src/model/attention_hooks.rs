@@ -44,6 +44,20 @@ pub fn head_norms(z: &Tensor) -> Result<Tensor> {
     Ok(z.to_dtype(DType::F32)?.sqr()?.sum(3)?.sqrt()?)
 }
 
+/// An activation as `[B, T, units]` for per-unit statistics (`record`, the server's contexts):
+/// hook_z as its head norms (a head per unit), the other per-token attention sites with heads ×
+/// dims flattened; 3-d sites pass unchanged.
+pub fn per_token_units(site: Site, x: Tensor) -> Result<Tensor> {
+    if x.rank() != 4 {
+        return Ok(x);
+    }
+    let (b, t, h, d) = x.dims4()?;
+    match site {
+        Site::Block(_, SiteKind::Attn(AttnHook::Z)) => Ok(head_norms(&x)?.to_dtype(x.dtype())?),
+        _ => Ok(x.reshape((b, t, h * d))?),
+    }
+}
+
 fn site(l: usize, h: AttnHook) -> Site {
     Site::Block(l, SiteKind::Attn(h))
 }

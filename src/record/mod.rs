@@ -18,7 +18,7 @@ use crate::corpus::{windows, Documents, Skip};
 use crate::model::{AttnHook, HookSet, Model, Site, SiteKind};
 use anyhow::{anyhow, Result};
 use calibrate::{calibrate, Ahead, Stash};
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Storage};
 use state::{HistSpec, SiteState, TopSpec};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -364,20 +364,6 @@ pub(crate) fn recorded_units(m: &Model, site: Site) -> Result<usize> {
     }
 }
 
-/// A captured activation as `[B, T, units]` (see [`recorded_units`]).
-fn per_token_units(site: Site, x: Tensor) -> Result<Tensor> {
-    if x.rank() != 4 {
-        return Ok(x);
-    }
-    let (b, t, h, d) = x.dims4()?;
-    match site {
-        Site::Block(_, SiteKind::Attn(AttnHook::Z)) => {
-            Ok(crate::model::attention_hooks::head_norms(&x)?.to_dtype(x.dtype())?)
-        }
-        _ => Ok(x.reshape((b, t, h * d))?),
-    }
-}
-
 /// Run `batch` through the model and take its activations at the recorded sites.
 fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
     let seqs: Vec<Vec<u32>> = batch
@@ -393,7 +379,7 @@ fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
         let x = hooks
             .take(*site)
             .ok_or_else(|| anyhow!("hook {site} was not reached"))?;
-        let x = per_token_units(*site, x)?;
+        let x = crate::model::attention_hooks::per_token_units(*site, x)?;
         t_len = x.dims3()?.1;
         sites.push(x);
     }
