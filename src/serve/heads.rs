@@ -52,7 +52,12 @@ pub(super) async fn pattern(State(s): State<Shared>, Path(id): Path<String>) -> 
                 .take(site)
                 .ok_or_else(|| anyhow::anyhow!("{site} was not captured"))?;
             let at = (*at).min(ids.len() - 1);
-            let w: Vec<f32> = p.get(0)?.get(head)?.get(at)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let w: Vec<f32> = p
+                .get(0)?
+                .get(head)?
+                .get(at)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
             let tokens: Vec<String> = ids.iter().map(|&t| m.tokenizer.token_text(t)).collect();
             out.push(json!({"tokens": tokens, "at": at, "weights": w}));
         }
