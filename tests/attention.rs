@@ -269,8 +269,9 @@ fn cached_steps_expose_the_same_internals() {
 
 /// Head `COPY_HEAD` of layer 0 attends to the previous token and writes that token's embedding
 /// towards its unembedding (tied); everything else is silent. GPT-2 layout, d_model 128, 4 heads
-/// of 64: positions live in dims 0..32, tokens in 64..96, both zero-mean with norm 4, so each
-/// LayerNorm only scales by 2.
+/// of 32: positions live in dims 0..64, tokens in 64..96, both zero-mean with fixed norms, so
+/// each LayerNorm only scales (by √(128/48)). Prompts stay under 32 tokens (the position code's
+/// period).
 const COPY_HEAD: usize = 2;
 
 fn copy_head_model() -> tempfile::TempDir {
@@ -300,18 +301,18 @@ fn copy_head_model() -> tempfile::TempDir {
             wte[t * d + 64 + i] = 4.0 * x / norm;
         }
     }
-    // positions: (cos, sin)(ω_k·i) for ω_k = 2πk/16, k = 1..8, in dims 0..16 and negated in
-    // 16..32 (zero mean, norm 4); Σ_k cos(ω_k·Δ) is 8 at Δ = 0 and ≤ 0 elsewhere (Δ < 16)
-    let omega = |k: usize| 2.0 * std::f32::consts::PI * k as f32 / 16.0;
+    // positions: (cos, sin)(ω_k·i) for ω_k = 2πk/32, k = 1..16, in dims 0..32 and negated in
+    // 32..64 (zero mean, norm √32); Σ_k cos(ω_k·Δ) is 16 at Δ = 0 and ≤ 0 elsewhere (Δ < 32)
+    let omega = |k: usize| 2.0 * std::f32::consts::PI * k as f32 / 32.0;
     let mut wpe = vec![0f32; n_pos * d];
     for i in 0..n_pos {
-        for k in 1..=8 {
+        for k in 1..=16 {
             let (c, s) = ((omega(k) * i as f32).cos(), (omega(k) * i as f32).sin());
             let j = 2 * (k - 1);
             wpe[i * d + j] = c;
             wpe[i * d + j + 1] = s;
-            wpe[i * d + 16 + j] = -c;
-            wpe[i * d + 16 + j + 1] = -s;
+            wpe[i * d + 32 + j] = -c;
+            wpe[i * d + 32 + j + 1] = -s;
         }
     }
     // c_attn [d, 3d] (in × out): q of the copy head reads each position pair rotated by one
@@ -319,7 +320,7 @@ fn copy_head_model() -> tempfile::TempDir {
     let mut c_attn = vec![0f32; d * 3 * d];
     let (q0, k0, v0) = (COPY_HEAD * dh, d + COPY_HEAD * dh, 2 * d + COPY_HEAD * dh);
     let a = 3.0f32;
-    for k in 1..=8 {
+    for k in 1..=16 {
         let (c, s) = (omega(k).cos(), omega(k).sin());
         let (x, y) = (2 * (k - 1), 2 * (k - 1) + 1);
         // [cos, sin](ω i) → [cos, sin](ω (i − 1))
@@ -333,8 +334,8 @@ fn copy_head_model() -> tempfile::TempDir {
     for i in 0..32 {
         c_attn[(64 + i) * 3 * d + v0 + i] = 1.0;
     }
-    // c_proj [d, d]: the copy head's z back into the token dims, twice (z = 2·e_prev after the
-    // LayerNorm's scaling, so the block adds 4·e_prev)
+    // c_proj [d, d]: the copy head's z back into the token dims, twice (z ≈ 1.6·e_prev after the
+    // LayerNorm's scaling, so the block adds ≈ 3.3·e_prev, which outweighs the current token)
     let mut c_proj = vec![0f32; d * d];
     for i in 0..32 {
         c_proj[(COPY_HEAD * dh + i) * d + 64 + i] = 2.0;
@@ -385,7 +386,7 @@ fn copy_eval(m: &Model) -> Vec<EvalItem> {
     let mut out = vec![];
     for text in texts {
         let ids = m.encode(text).unwrap();
-        if ids.len() < 2 {
+        if ids.len() < 2 || ids.len() >= 32 {
             continue;
         }
         let prev = ids[ids.len() - 2];

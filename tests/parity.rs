@@ -209,7 +209,7 @@ fn check_attention(dir: &Path) -> (f32, f32) {
             dir.display()
         );
     }
-    worst
+    (worst, worst_abs)
 }
 
 /// Sequences of different lengths in one padded batch give what each gives alone in transformers.
