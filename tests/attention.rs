@@ -582,3 +582,75 @@ fn heads_on_the_command_line() {
     ]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `record --sites 'blocks.*.attn.hook_z'`: one unit per head (its output norm), top examples,
+/// `show --neuron L.hH`; scores and pattern are refused.
+#[test]
+fn record_heads() {
+    let dir = copy_head_model();
+    let model = dir.path().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("c.txt");
+    std::fs::write(
+        &corpus,
+        "the dog was quiet\na warm day in June\nthe model reads the tokens\nPeople said it was fine\n",
+    )
+    .unwrap();
+    let atlas = tmp.path().join("atlas");
+    let (code, _, err) = common::run_ftri(&[
+        "record",
+        "--model",
+        model,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        atlas.to_str().unwrap(),
+        "--sites",
+        "blocks.*.attn.hook_z",
+        "--top-k",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(atlas.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["sites"][0]["name"], "blocks.0.attn.hook_z");
+    assert_eq!(manifest["sites"][0]["units"], 4);
+    let (code, out, err) = common::run_ftri(&[
+        "show",
+        "--atlas",
+        atlas.to_str().unwrap(),
+        "--neuron",
+        &format!("0.h{COPY_HEAD}"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["neuron"], format!("0.h{COPY_HEAD}"));
+    // the copy head writes ≈ 1.6·‖e_prev‖ at every token after the first; the silent heads 0
+    assert!(j["max"].as_f64().unwrap() > 1.0, "{j}");
+    assert_eq!(j["top"].as_array().unwrap().len(), 3);
+    let (_, out, _) = common::run_ftri(&[
+        "show",
+        "--atlas",
+        atlas.to_str().unwrap(),
+        "--neuron",
+        "0.h0",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["max"].as_f64().unwrap(), 0.0, "{j}");
+    let (code, _, err) = common::run_ftri(&[
+        "record",
+        "--model",
+        model,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        tmp.path().join("a2").to_str().unwrap(),
+        "--sites",
+        "blocks.0.attn.hook_pattern",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be recorded"), "{err}");
+}
