@@ -3,10 +3,16 @@
 // context, recomputed by the server's model (GET /api/neuron/L.hH/pattern). Uses app.js's
 // helpers (el, section, api, tokenRow, errorBox, INFO, $app).
 
-function isHead(id) { return /^\d+\.h\d+$/.test(id); }
+// A head's id, L.hH, from either spelling the pages use (the map links `blocks.L.attn.hook_z:H`).
+function headId(id) {
+  if (/^\d+\.h\d+$/.test(id)) return id;
+  const m = /^blocks\.(\d+)\.attn\.hook_z:(\d+)$/.exec(id);
+  return m ? `${m[1]}.h${m[2]}` : null;
+}
 
-async function headPatterns(id) {
-  if (!isHead(id)) return;
+async function headPatterns(unit) {
+  const id = headId(unit);
+  if (!id) return;
   const card = section("Attention pattern");
   card.id = "head-pattern";
   $app.append(card);
