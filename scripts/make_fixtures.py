@@ -1210,6 +1210,137 @@ def make_fixture(name: str) -> dict:
     return meta
 
 
+# ---------------------------------------------------------------------------
+# Attention internals (attn_expected.safetensors)
+# ---------------------------------------------------------------------------
+
+# Short, so that the [heads, T, T] score tables stay small, yet longer than the sliding windows
+# (4 to 6 tokens) of the windowed fixtures.
+ATTN_TEXT = "Alice didn't pay $4.5 for"
+ROTARY_FREE = ("gpt2", "bert")  # no rotary: TransformerLens has no hook_rot_q / hook_rot_k
+
+
+def attention_layers(model, name: str):
+    """Per layer: the attention module and a function registering forward hooks that store its
+    pre-rotary q and k ([T, heads, d_head], projection outputs incl. bias, before any q/k norm)
+    into a dict."""
+    if name == "gpt2":
+        blocks = [(b.attn, b.attn.c_attn) for b in model.transformer.h]
+    elif name == "bert":
+        blocks = [(b.attention.self, None) for b in model.encoder.layer]
+    elif name.startswith("gpt_neox"):
+        blocks = [(b.attention, b.attention.query_key_value) for b in model.gpt_neox.layers]
+    elif name == "phi3":
+        blocks = [(b.self_attn, b.self_attn.qkv_proj) for b in model.model.layers]
+    else:
+        blocks = [(b.self_attn, None) for b in model.model.layers]
+    cfg = model.config
+    h = cfg.num_attention_heads
+    hkv = getattr(cfg, "num_key_value_heads", None) or h
+    out = []
+    for attn, fused in blocks:
+        def register(store, attn=attn, fused=fused):
+            def heads(t, n):
+                return t[0].reshape(t.shape[1], n, -1).detach().clone()
+
+            def on_fused(_m, _a, y):
+                t = y.shape[1]
+                if name == "gpt2":
+                    q, k, _ = y.chunk(3, dim=-1)
+                elif name.startswith("gpt_neox"):
+                    # per head [q | k | v] (GPTNeoXAttention's view + chunk)
+                    q, k, _ = y.view(1, t, h, -1).chunk(3, dim=-1)
+                else:  # phi3: [q (h) | k (hkv) | v (hkv)]
+                    dh = y.shape[-1] // (h + 2 * hkv)
+                    q, k = y[..., : h * dh], y[..., h * dh : (h + hkv) * dh]
+                store["q"], store["k"] = heads(q.reshape(1, t, -1), h), heads(k.reshape(1, t, -1), hkv)
+
+            if fused is not None:
+                return [fused.register_forward_hook(on_fused)]
+            qm, km = (attn.query, attn.key) if name == "bert" else (attn.q_proj, attn.k_proj)
+            return [
+                qm.register_forward_hook(lambda _m, _a, y: store.__setitem__("q", heads(y, h))),
+                km.register_forward_hook(lambda _m, _a, y: store.__setitem__("k", heads(y, hkv))),
+            ]
+
+        out.append(register)
+    return out
+
+
+@torch.no_grad()
+def make_attention_reference(name: str) -> None:
+    """transformers' attention internals for ATTN_TEXT, from the committed checkpoint (weights
+    untouched): hook_q / hook_k (projection outputs, before q/k norms and rotary), hook_v,
+    hook_rot_q / hook_rot_k (what eager attention receives: after q/k norms and rotary; rotary
+    models only), hook_attn_scores (the softmax's input: scaled, soft-capped, masked; masked
+    entries, transformers' finfo.min, written as -inf as TransformerLens fills them),
+    hook_pattern (output_attentions) and hook_z (eager attention's output, before o_proj)."""
+    out = FIXTURES / name
+    meta = json.loads((out / "expected.json").read_text())
+    model_cls = getattr(transformers, meta["model_class"])
+    cfg = transformers.AutoConfig.from_pretrained(str(out))
+    cfg._attn_implementation = "eager"
+    if name in MOE_FIXTURES:
+        cfg._experts_implementation = "eager"
+    model = model_cls.from_pretrained(str(out), config=cfg).to(torch.float32).eval()
+    module = sys.modules[model_cls.__module__]
+    layers = attention_layers(model, name)
+    stores = [dict() for _ in layers]
+    handles = [h for reg, st in zip(layers, stores) for h in reg(st)]
+    calls = []
+    orig_eager, orig_softmax = module.eager_attention_forward, torch.nn.functional.softmax
+
+    def eager(mod, query, key, value, attention_mask, *args, **kwargs):
+        seen = []
+
+        def softmax(x, *a, **kw):
+            if x.dim() == 4 and not seen:
+                seen.append(x.detach().clone())
+            return orig_softmax(x, *a, **kw)
+
+        torch.nn.functional.softmax = softmax
+        try:
+            o, w = orig_eager(mod, query, key, value, attention_mask, *args, **kwargs)
+        finally:
+            torch.nn.functional.softmax = orig_softmax
+        calls.append(dict(rot_q=query, rot_k=key, v=value, scores=seen[0], z=o, pattern=w))
+        return o, w
+
+    module.eager_attention_forward = eager
+    try:
+        ids = encode(out, ATTN_TEXT)
+        input_ids = torch.tensor([ids], dtype=torch.int64)
+        kwargs = dict(output_attentions=True)
+        if name == "bert":
+            kwargs.update(token_type_ids=torch.zeros_like(input_ids), attention_mask=torch.ones_like(input_ids))
+        res = model(input_ids=input_ids, **kwargs)
+    finally:
+        module.eager_attention_forward = orig_eager
+        for h in handles:
+            h.remove()
+    assert len(calls) == len(layers), f"{name}: {len(calls)} attention calls for {len(layers)} layers"
+    tensors = {"input_ids": torch.tensor(ids, dtype=torch.int64)}
+    for l, (c, st) in enumerate(zip(calls, stores)):
+        p = f"blocks.{l}.attn."
+        bhtd = lambda t: t[0].transpose(0, 1).contiguous()  # [1, H, T, D] -> [T, H, D]
+        scores = c["scores"][0].clone()
+        scores[scores <= torch.finfo(torch.float32).min / 2] = float("-inf")
+        assert torch.equal(res.attentions[l], c["pattern"]), "output_attentions is eager's pattern"
+        tensors.update({
+            p + "hook_q": st["q"], p + "hook_k": st["k"], p + "hook_v": bhtd(c["v"]),
+            p + "hook_attn_scores": scores.contiguous(), p + "hook_pattern": c["pattern"][0].contiguous(),
+            p + "hook_z": c["z"][0].contiguous(),
+        })
+        if name not in ROTARY_FREE:
+            tensors[p + "hook_rot_q"], tensors[p + "hook_rot_k"] = bhtd(c["rot_q"]), bhtd(c["rot_k"])
+        else:
+            assert torch.equal(bhtd(c["rot_q"]), st["q"]), f"{name}: q reaches attention unchanged"
+    tensors = {k: v.to(torch.float32).contiguous() if v.is_floating_point() else v for k, v in tensors.items()}
+    safetensors.torch.save_file(tensors, str(out / "attn_expected.safetensors"), metadata={"text": ATTN_TEXT})
+    size = (out / "attn_expected.safetensors").stat().st_size
+    print(f"{name:14s} attention T={len(ids)} {len(tensors) - 1} tensors {size / 1024:.0f} KiB")
+
+
 MINILM_TEXT = "A man is eating food."
 
 
@@ -1240,6 +1371,11 @@ def main(argv: list[str]) -> None:
     transformers.utils.logging.disable_progress_bar()
     if argv[:1] == ["--minilm"]:
         make_minilm(Path(argv[1]))
+        return
+    if argv[:1] == ["--attention"]:
+        # only attn_expected.safetensors, from the committed checkpoints (which stay as they are)
+        for name in argv[1:] or list(FIXTURE_SPECS):
+            make_attention_reference(name)
         return
     names = argv or list(FIXTURE_SPECS)
     unknown = [n for n in names if n not in FIXTURE_SPECS]

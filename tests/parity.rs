@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{close, fixture, load_metadata, load_tensors};
-use ftri::model::{HookSet, LoadOptions, Model, Site};
+use ftri::model::{AttnHook, HookSet, LoadOptions, Model, Site, SiteKind};
 use std::path::Path;
 
 /// With `FTRI_PARITY_REPORT=1`, print each hook's max|diff| / max|expected| (what
@@ -68,14 +68,20 @@ fn check_model_dir(dir: &Path) {
         }
         checked += 1;
     }
-    // every hook point the model exposes must have been checked against transformers
+    // every hook point the model exposes must have been checked against transformers (the
+    // attention-internal ones by `check_attention`, from their own fixture file)
+    let outside_attention = model
+        .sites()
+        .into_iter()
+        .filter(|s| !is_attention_internal(*s))
+        .count();
     assert_eq!(
         checked,
-        model.sites().len(),
+        outside_attention,
         "{}: fixture covers {} of {} hook points",
         dir.display(),
         checked,
-        model.sites().len()
+        outside_attention
     );
     assert!(
         failures.is_empty(),
@@ -83,6 +89,127 @@ fn check_model_dir(dir: &Path) {
         dir.display(),
         failures.join("\n")
     );
+}
+
+fn is_attention_internal(s: Site) -> bool {
+    matches!(s, Site::Block(_, SiteKind::Attn(_)))
+}
+
+/// Split a scores table into where it is −∞ (masked) and its values with those entries zeroed.
+fn masked_and_finite(t: &Tensor) -> (Vec<bool>, Tensor) {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let inf: Vec<bool> = v.iter().map(|x| *x == f32::NEG_INFINITY).collect();
+    let finite: Vec<f32> = v
+        .iter()
+        .map(|x| if x.is_infinite() { 0.0 } else { *x })
+        .collect();
+    (inf, Tensor::from_vec(finite, t.dims(), t.device()).unwrap())
+}
+
+/// Every attention-internal hook point (q, k, v, rotated q/k, scores, pattern, z) against
+/// transformers' eager attention (`attn_expected.safetensors`), and hook_result: its sum over
+/// heads plus the output bias is the output projection of z, and capturing it leaves
+/// hook_attn_out as it was. Returns the worst max|diff| / max|expected| and max|diff|.
+fn check_attention(dir: &Path) -> (f32, f32) {
+    let path = dir.join("attn_expected.safetensors");
+    let expected = load_tensors(&path);
+    let text = load_metadata(&path)["text"].clone();
+    let model = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let ids = model.encode(&text).unwrap();
+    let want_ids: Vec<i64> = expected["input_ids"].to_vec1().unwrap();
+    assert_eq!(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), want_ids);
+    let attn_sites: Vec<Site> = model
+        .sites()
+        .into_iter()
+        .filter(|s| is_attention_internal(*s))
+        .collect();
+    let mut hooks = HookSet::capturing(attn_sites.iter().copied());
+    for l in 0..model.cfg.n_layers {
+        hooks.capture(Site::Block(l, SiteKind::AttnOut));
+    }
+    let batch = model.batch(std::slice::from_ref(&ids)).unwrap();
+    model.forward(&batch, &mut hooks).unwrap();
+    let (mut worst, mut worst_abs) = (0f32, 0f32);
+    let mut failures = vec![];
+    let mut checked = 0;
+    for s in &attn_sites {
+        let got = hooks.get(*s).unwrap().squeeze(0).unwrap();
+        let name = s.to_string();
+        if matches!(s, Site::Block(_, SiteKind::Attn(AttnHook::Result))) {
+            continue;
+        }
+        let want = expected
+            .get(&name)
+            .unwrap_or_else(|| panic!("{}: no reference for {name}", dir.display()));
+        let (got, want) = if name.ends_with("hook_attn_scores") {
+            let (gi, g) = masked_and_finite(&got);
+            let (wi, w) = masked_and_finite(want);
+            assert_eq!(gi, wi, "{}: {name}: masked entries differ", dir.display());
+            // causal models mask the future; the encoder (BERT) masks nothing here
+            let causal = model.cfg.arch.name() != "bert";
+            assert_eq!(wi.iter().any(|m| *m), causal, "{name}: masked entries");
+            (g, w)
+        } else {
+            (got, want.clone())
+        };
+        let (diff, tol, ok) = close(&got, &want);
+        report(dir, &name, diff, tol);
+        worst = worst.max(diff * common::PARITY_REL_TOL / tol.max(f32::MIN_POSITIVE));
+        worst_abs = worst_abs.max(diff);
+        if !ok {
+            failures.push(format!("{name}: max|diff| {diff:.3e} > tol {tol:.3e}"));
+        }
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        expected.len() - 1,
+        "{}: every reference checked",
+        dir.display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{}:\n{}",
+        dir.display(),
+        failures.join("\n")
+    );
+
+    // hook_result: Σ_h result_h + b_O = o_proj(z), and capturing it changes nothing downstream
+    let mut plain = HookSet::new();
+    for l in 0..model.cfg.n_layers {
+        plain.capture(Site::Block(l, SiteKind::AttnOut));
+    }
+    model.forward(&batch, &mut plain).unwrap();
+    for l in 0..model.cfg.n_layers {
+        let at = |h| Site::Block(l, SiteKind::Attn(h));
+        let z = hooks.get(at(AttnHook::Z)).unwrap();
+        let result = hooks.get(at(AttnHook::Result)).unwrap();
+        let (b, t, h, dh) = z.dims4().unwrap();
+        assert_eq!(result.dims(), [b, t, h, model.cfg.d_model]);
+        let o = &model.net.blocks[l].attn.o;
+        let want = o
+            .forward(&z.reshape((b, t, h * dh)).unwrap(), false)
+            .unwrap();
+        let got = result.sum(2).unwrap();
+        let got = match &o.b {
+            Some(bias) => got.broadcast_add(bias).unwrap(),
+            None => got,
+        };
+        let (diff, tol, ok) = close(&got, &want);
+        assert!(
+            ok,
+            "{}: layer {l}: Σ result + b_O vs o(z): {diff:.3e} > {tol:.3e}",
+            dir.display()
+        );
+        let out = Site::Block(l, SiteKind::AttnOut);
+        let (diff, tol, ok) = close(hooks.get(out).unwrap(), plain.get(out).unwrap());
+        assert!(
+            ok,
+            "{}: layer {l}: hook_attn_out with the attention hooks on: {diff:.3e} > {tol:.3e}",
+            dir.display()
+        );
+    }
+    (worst, worst_abs)
 }
 
 /// Sequences of different lengths in one padded batch give what each gives alone in transformers.
@@ -150,6 +277,11 @@ macro_rules! parity_tests {
             let dir = fixture(stringify!($name));
             check_model_dir(&dir);
             check_batch(&dir);
+            let (rel, abs) = check_attention(&dir);
+            eprintln!(
+                "{}: attention hooks vs transformers: max|diff| {abs:.2e}, max|diff|/max|e| {rel:.2e}",
+                stringify!($name)
+            );
         }
     )*};
 }
@@ -350,7 +482,7 @@ fn sharded_and_bf16_checkpoints() {
 #[test]
 fn qwen2_sliding_window_only_from_max_window_layers() {
     use common::fixture_with_config;
-    use ftri::model::{Intervention, Op, SiteKind};
+    use ftri::model::{Intervention, Op};
     const W: usize = 2;
     let flat = fixture_with_config("qwen2", |c| {
         c.insert("use_sliding_window".into(), true.into());

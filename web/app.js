@@ -507,7 +507,7 @@ async function main() {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === navKey));
   try {
     if (p === "/") await overview();
-    else if (p.startsWith("/neuron/")) await neuronPage(decodeURIComponent(p.slice("/neuron/".length)));
+    else if (p.startsWith("/neuron/")) await neuronPage(decodeURIComponent(p.slice("/neuron/".length))).then(() => typeof headPatterns === "function" && headPatterns(decodeURIComponent(p.slice("/neuron/".length))));
     else if (p === "/search") await searchPage();
     else if (p === "/localize") localizePage();
     else if (p === "/neuro") neuroPage();

@@ -147,9 +147,14 @@ fn run_cache(
     let sites: Vec<Site> = if names.is_empty() {
         vec![]
     } else {
+        // per-token sites only: attention scores/pattern ([heads, q, k]) are not cached here;
+        // the other attention sites come flattened to [tokens, heads·dim]
         select_sites(&m.sites(), &names.join(","))?
             .into_iter()
             .filter(|s| *s != Site::Logits)
+            .filter(|s| {
+                !matches!(s, Site::Block(_, ftri::model::SiteKind::Attn(h)) if h.is_pattern_like())
+            })
             .collect()
     };
     let want_logits = want_logits && m.net.unembed.is_some();
@@ -468,6 +473,7 @@ fn lesion(
             &LesionRequest {
                 neurons,
                 experts,
+                heads: vec![],
                 op,
                 positions,
                 eval,

@@ -11,7 +11,7 @@
 use super::responses::{unit_values_until, Method, Readout, Stimulus};
 use super::stats::{bh_qvalues, order, paired, welch, wilcoxon_p};
 use crate::error::user_error;
-use crate::model::{Model, Site, SiteKind, UnitId};
+use crate::model::{AttnHook, Model, Site, SiteKind, UnitId};
 use anyhow::Result;
 use serde::Serialize;
 
@@ -174,13 +174,27 @@ pub fn localize_until(
             r.control.len()
         )));
     }
+    let heads = match r.site {
+        SiteKind::Attn(AttnHook::Z) => true,
+        SiteKind::Attn(h) => {
+            return Err(user_error(format!(
+                "--site {}: inside attention only attn.hook_z (each head's output norm, units L.hH) can be localized",
+                h.suffix()
+            )))
+        }
+        _ => false,
+    };
     let sites: Vec<Site> = r.layers.iter().map(|&l| Site::Block(l, r.site)).collect();
     for s in &sites {
         model.parse_site(&s.to_string())?;
     }
     let t = unit_values_until(model, &r.target, &sites, &r.readout, keep_going)?;
     let c = unit_values_until(model, &r.control, &sites, &r.readout, keep_going)?;
-    let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, model.site_dim(*s))).collect();
+    let width = |s: Site| match heads {
+        true => model.cfg.n_heads,
+        false => model.site_dim(s),
+    };
+    let sized: Vec<(Site, usize)> = sites.iter().map(|s| (*s, width(*s))).collect();
     let all = contrast(&sized, &t, &c, r.paired)?;
     let units_tested = all.len();
     let mut findings = rank(all, r.direction);
@@ -226,9 +240,15 @@ pub fn contrast(
                 welch(&a, &b)?
             };
             findings.push(Finding {
-                neuron: UnitId::Hook {
-                    site: *site,
-                    index: i,
+                neuron: match site {
+                    Site::Block(layer, SiteKind::Attn(AttnHook::Z)) => UnitId::Head {
+                        layer: *layer,
+                        head: i,
+                    },
+                    _ => UnitId::Hook {
+                        site: *site,
+                        index: i,
+                    },
                 }
                 .to_string(),
                 layer: site.layer().unwrap_or(0),

@@ -8,6 +8,7 @@
 //! sums over every token: it measures a total effect, and BOS carries part of it.
 
 use crate::error::user_error;
+use crate::model::attention_hooks::per_token_units;
 use crate::model::{HookSet, Model, Site};
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
@@ -224,7 +225,12 @@ pub fn unit_values_until(
                         let (a, g) = hooks
                             .gradient(*s, &grads)?
                             .ok_or_else(|| anyhow::anyhow!("{s} not reached"))?;
-                        Ok((a * g)?)
+                        let ag = (a * g)?;
+                        // a head (hook_z [B, T, H, Dh]) as one unit: its entries' sum
+                        Ok(match ag.rank() {
+                            4 => ag.sum(3)?,
+                            _ => ag,
+                        })
                     })
                     .collect()
             };
@@ -259,9 +265,11 @@ pub fn captured_rows_until(
         sites
             .iter()
             .map(|s| {
-                hooks
+                let x = hooks
                     .take(*s)
-                    .ok_or_else(|| anyhow::anyhow!("{s} not captured"))
+                    .ok_or_else(|| anyhow::anyhow!("{s} not captured"))?;
+                // hook_z [B, T, H, Dh]: a head as one unit, its output norm per token
+                per_token_units(*s, x)
             })
             .collect()
     };

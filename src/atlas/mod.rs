@@ -110,14 +110,20 @@ impl Atlas {
     pub fn resolve(&self, spec: &str) -> Result<(usize, usize)> {
         let bad = || {
             user_error(format!(
-                "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
+                "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, L.hH for a head of a recorded attn.hook_z, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
             ))
         };
-        let (site, unit) = spec
-            .parse::<UnitId>()
-            .ok()
-            .and_then(|u| u.as_hook())
-            .ok_or_else(bad)?;
+        let (site, unit) = match spec.parse::<UnitId>().ok() {
+            // a head is unit H of its layer's recorded hook_z (reduced to head norms)
+            Some(UnitId::Head { layer, head }) => (
+                crate::model::Site::Block(
+                    layer,
+                    crate::model::SiteKind::Attn(crate::model::AttnHook::Z),
+                ),
+                head,
+            ),
+            u => u.and_then(|u| u.as_hook()).ok_or_else(bad)?,
+        };
         let site = site.to_string();
         let si = self
             .manifest

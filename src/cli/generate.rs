@@ -1,9 +1,10 @@
-//! `ftri generate`: text generation, optionally with neurons held at a value or experts switched
-//! off on every step.
+//! `ftri generate`: text generation, optionally with neurons held at a value, heads ablated or
+//! experts switched off on every step.
 
 use super::lesion::parse_positions;
 use super::ModelArgs;
 use crate::intervene::experts::{parse_expert_set, switch_off};
+use crate::intervene::heads::{eval_means, head_interventions, parse_head_set};
 use crate::intervene::lesion::{build, open_atlas};
 use crate::intervene::{parse_neuron_set, OpSpec};
 use crate::model::generate::{generate, GenerateOptions};
@@ -24,6 +25,10 @@ pub struct GenerateArgs {
     /// Experts to switch off while generating (mixture-of-experts models): `3.e5,7.e1`
     #[arg(long)]
     pub experts: Option<String>,
+    /// Attention heads to ablate while generating: `3.h5,7.h1` (`--op zero`, or `mean`: each
+    /// head's mean hook_z over the prompt's tokens)
+    #[arg(long)]
+    pub heads: Option<String>,
     /// zero, mean (needs --atlas), scale=F, set=V, add=V
     #[arg(long, default_value = "zero")]
     pub op: String,
@@ -60,6 +65,23 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         ivs.extend(switch_off(&set, positions.as_deref()));
     }
     let prompt = model.encode(&a.prompt)?;
+    if let Some(spec) = &a.heads {
+        let set = parse_head_set(spec, &model.cfg)?;
+        let means = match op {
+            OpSpec::Mean => {
+                let layers: Vec<usize> = set.iter().map(|h| h.layer).collect();
+                eval_means(&model, std::slice::from_ref(&prompt), &layers)?
+            }
+            _ => Default::default(),
+        };
+        ivs.extend(head_interventions(
+            &set,
+            &op,
+            positions.as_deref(),
+            model.cfg.head_dim,
+            &means,
+        )?);
+    }
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

@@ -5,6 +5,7 @@ use super::ModelArgs;
 use crate::error::user_error;
 use crate::intervene::eval::read_eval;
 use crate::intervene::experts::parse_expert_set;
+use crate::intervene::heads::parse_head_set;
 use crate::intervene::lesion::{lesion, open_atlas, LesionRequest};
 use crate::intervene::{parse_neuron_set, OpSpec};
 use crate::output::print_json;
@@ -17,8 +18,13 @@ pub struct LesionArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Neurons: `3.17,5.2040` or a file of ids (or `localize --json` output)
-    #[arg(long, required_unless_present = "experts")]
+    #[arg(long, required_unless_present_any = ["experts", "heads"])]
     pub neurons: Option<String>,
+    /// Attention heads: `3.h5,7.h1`. `--op zero` zeroes each head's `attn.hook_z` (its output
+    /// before the output projection), `--op mean` puts its mean over the evaluation prompts'
+    /// tokens there; random baselines act on as many other heads of the same layers
+    #[arg(long)]
+    pub heads: Option<String>,
     /// Experts to switch off (mixture-of-experts models): `3.e5,7.e1`. Each one's router logit
     /// goes to −∞ before the top-k, so the next-best expert is chosen instead; random baselines
     /// switch off as many random experts in the same layers
@@ -76,12 +82,21 @@ pub fn run(a: LesionArgs) -> Result<()> {
         Some(spec) => parse_expert_set(spec, &model.cfg)?,
         None => vec![],
     };
-    let atlas = open_atlas(a.atlas.as_deref(), &model, &op)?;
+    let heads = match &a.heads {
+        Some(spec) => parse_head_set(spec, &model.cfg)?,
+        None => vec![],
+    };
+    // heads' mean comes from the evaluation prompts: an atlas is needed only for neurons' means
+    let atlas = match neurons.is_empty() && a.atlas.is_none() {
+        true => None,
+        false => open_atlas(a.atlas.as_deref(), &model, &op)?,
+    };
     let r = lesion(
         &model,
         &LesionRequest {
             neurons,
             experts,
+            heads,
             op,
             positions,
             eval,
@@ -98,6 +113,15 @@ pub fn run(a: LesionArgs) -> Result<()> {
         println!(
             "{} neurons, op {}, {} prompts",
             r.neurons.len(),
+            r.op,
+            r.n_eval
+        );
+    }
+    if !r.heads.is_empty() {
+        println!(
+            "{} heads ({}), op {}, {} prompts",
+            r.heads.len(),
+            r.heads.join(","),
             r.op,
             r.n_eval
         );

@@ -74,6 +74,7 @@ pub fn lesion_concept(
         &LesionRequest {
             neurons,
             experts: vec![],
+            heads: vec![],
             op: OpSpec::Mean,
             positions: None,
             eval: parse_eval(eval, "the demo's evaluation set")?,

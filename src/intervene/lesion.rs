@@ -5,6 +5,7 @@
 
 use super::eval::{score, tokenize, EvalItem, Score};
 use super::experts::{random_experts_like, switch_off, ExpertId};
+use super::heads::{eval_means, head_interventions, random_heads_like, HeadId};
 use super::{adjust_interventions, interventions, random_like, Neuron, OpSpec};
 use crate::atlas::Atlas;
 use crate::error::user_error;
@@ -12,6 +13,7 @@ use crate::model::{Intervention, Model, Site, SiteKind};
 use crate::rng::Rng;
 use anyhow::Result;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What to lesion and how to measure it.
@@ -19,6 +21,9 @@ pub struct LesionRequest {
     pub neurons: Vec<Neuron>,
     /// Experts to switch off (router logit → −∞ before the top-k); `op` does not apply to them.
     pub experts: Vec<ExpertId>,
+    /// Attention heads to act on (their `attn.hook_z`): `op` zero or mean (the mean over the
+    /// evaluation prompts' tokens, which needs no atlas).
+    pub heads: Vec<HeadId>,
     pub op: OpSpec,
     /// Token positions to act on (`None` = all).
     pub positions: Option<Vec<usize>>,
@@ -55,6 +60,8 @@ pub struct LesionResult {
     pub neurons: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub experts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<String>,
     pub op: String,
     pub n_eval: usize,
     pub baseline: Score,
@@ -124,12 +131,13 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
-/// The neuron interventions (none for an empty set) and the expert switch-offs of one set.
+/// The neuron interventions (none for an empty set), the expert switch-offs and the head
+/// ablations of one set; `head_means` as [`eval_means`] gives them (for `--op mean` on heads).
 fn build_all(
     model: &Model,
     r: &LesionRequest,
-    neurons: &[Neuron],
-    experts: &[ExpertId],
+    (neurons, experts, heads): (&[Neuron], &[ExpertId], &[HeadId]),
+    head_means: &BTreeMap<usize, Vec<f32>>,
 ) -> Result<Vec<Intervention>> {
     let positions = r.positions.as_deref();
     let mut ivs = match neurons.is_empty() {
@@ -137,22 +145,43 @@ fn build_all(
         false => build(model, neurons, &r.op, positions, r.atlas.as_ref())?,
     };
     ivs.extend(switch_off(experts, positions));
+    if !heads.is_empty() {
+        ivs.extend(head_interventions(
+            heads,
+            &r.op,
+            positions,
+            model.cfg.head_dim,
+            head_means,
+        )?);
+    }
     Ok(ivs)
 }
 
 pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
     let set = &r.neurons;
-    if set.is_empty() && r.experts.is_empty() {
-        return Err(user_error("nothing to lesion: give neurons or experts"));
+    if set.is_empty() && r.experts.is_empty() && r.heads.is_empty() {
+        return Err(user_error(
+            "nothing to lesion: give neurons, heads or experts",
+        ));
     }
-    if set.is_empty() && r.op != OpSpec::Zero {
+    let heads_take_op = !r.heads.is_empty() && matches!(r.op, OpSpec::Zero | OpSpec::Mean);
+    if set.is_empty() && r.op != OpSpec::Zero && !heads_take_op {
         return Err(user_error(format!(
-            "--op {} applies to neurons; experts are switched off (give --neurons too)",
+            "--op {} applies to neurons (heads take zero or mean); experts are switched off",
             r.op
         )));
     }
-    let ivs = build_all(model, r, set, &r.experts)?;
     let seqs = tokenize(model, &r.eval)?;
+    let head_means = match (r.op == OpSpec::Mean, r.heads.is_empty()) {
+        (true, false) => {
+            let mut layers: Vec<usize> = (0..model.cfg.n_layers).collect();
+            layers.retain(|l| r.heads.iter().any(|h| h.layer == *l));
+            let ids: Vec<Vec<u32>> = seqs.iter().map(|(s, _)| s.clone()).collect();
+            eval_means(model, &ids, &layers)?
+        }
+        _ => BTreeMap::new(),
+    };
+    let ivs = build_all(model, r, (set, &r.experts, &r.heads), &head_means)?;
     let base = score(model, &seqs, &[])?;
     let hit = score(model, &seqs, &ivs)?;
     let delta = hit.minus(&base);
@@ -175,7 +204,8 @@ pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
             let rs = random_like(set, model.cfg.d_mlp, &mut rng);
             let n_experts = model.cfg.moe.as_ref().map_or(0, |m| m.n_experts);
             let re = random_experts_like(&r.experts, n_experts, &mut rng);
-            let rivs = build_all(model, r, &rs, &re)?;
+            let rh = random_heads_like(&r.heads, model.cfg.n_heads, &mut rng);
+            let rivs = build_all(model, r, (&rs, &re, &rh), &head_means)?;
             let d = score(model, &seqs, &rivs)?.minus(&base);
             d_lp.push(d.mean_logprob);
             d_acc.push(d.accuracy);
@@ -202,6 +232,7 @@ pub fn lesion(model: &Model, r: &LesionRequest) -> Result<LesionResult> {
     Ok(LesionResult {
         neurons: set.iter().map(|n| n.to_string()).collect(),
         experts: r.experts.iter().map(|e| e.to_string()).collect(),
+        heads: r.heads.iter().map(|h| h.to_string()).collect(),
         op: r.op.to_string(),
         n_eval: r.eval.len(),
         baseline: base,

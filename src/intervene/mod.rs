@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod experts;
+pub mod heads;
 pub mod lesion;
 
 use crate::error::user_error;

@@ -11,6 +11,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SiteKind {
     ResidPre,
+    /// One hook point inside attention (`attn.hook_q`, …, `attn.hook_result`); see [`AttnHook`].
+    Attn(AttnHook),
     AttnOut,
     ResidMid,
     MlpPre,
@@ -41,6 +43,65 @@ pub enum ExpertHook {
     PreLinear,
     /// act(gate)·up, what enters the down projection (`mlp.experts.E.hook_post`).
     Post,
+}
+
+/// The hook points inside attention, TransformerLens names and layouts (batch first):
+/// q, rot_q, z `[B, T, heads, d_head]`; k, v, rot_k `[B, T, kv_heads, d_head]` (grouped-query
+/// attention keeps one key/value per key-value head); scores and pattern
+/// `[B, heads, q_tokens, k_tokens]`; result `[B, T, heads, d_model]`. In forward order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttnHook {
+    /// The query projection (with its bias), before any q norm and rotary.
+    Q,
+    /// The key projection, before any k norm and rotary.
+    K,
+    /// The value projection.
+    V,
+    /// The query as attention uses it: after the q norm and rotary (rotary models only).
+    RotQ,
+    /// The key as attention uses it: after the k norm and rotary (rotary models only).
+    RotK,
+    /// Scaled (and soft-capped) q·k, masked entries −∞ as TransformerLens fills them.
+    Scores,
+    /// softmax(scores).
+    Pattern,
+    /// pattern·v: each head's output before the output projection.
+    Z,
+    /// Each head's write to the residual stream, z_h·W_O[h] (no bias); computed only when asked.
+    Result,
+}
+
+impl AttnHook {
+    pub const ALL: [AttnHook; 9] = [
+        AttnHook::Q,
+        AttnHook::K,
+        AttnHook::V,
+        AttnHook::RotQ,
+        AttnHook::RotK,
+        AttnHook::Scores,
+        AttnHook::Pattern,
+        AttnHook::Z,
+        AttnHook::Result,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            AttnHook::Q => "attn.hook_q",
+            AttnHook::K => "attn.hook_k",
+            AttnHook::V => "attn.hook_v",
+            AttnHook::RotQ => "attn.hook_rot_q",
+            AttnHook::RotK => "attn.hook_rot_k",
+            AttnHook::Scores => "attn.hook_attn_scores",
+            AttnHook::Pattern => "attn.hook_pattern",
+            AttnHook::Z => "attn.hook_z",
+            AttnHook::Result => "attn.hook_result",
+        }
+    }
+
+    /// Laid out `[B, heads, q_tokens, k_tokens]` (the others are `[B, T, heads, dim]`).
+    pub fn is_pattern_like(self) -> bool {
+        matches!(self, AttnHook::Scores | AttnHook::Pattern)
+    }
 }
 
 impl ExpertHook {
@@ -91,6 +152,7 @@ impl SiteKind {
             SiteKind::Expert(e, h) => {
                 return Cow::Owned(format!("mlp.experts.{e}.{}", h.suffix()));
             }
+            SiteKind::Attn(h) => h.suffix(),
         })
     }
 
@@ -100,6 +162,12 @@ impl SiteKind {
             let e: usize = e.parse().ok()?;
             let h = ExpertHook::ALL.into_iter().find(|k| k.suffix() == h)?;
             return Some(SiteKind::Expert(e, h));
+        }
+        if s.starts_with("attn.") {
+            return AttnHook::ALL
+                .into_iter()
+                .find(|h| h.suffix() == s)
+                .map(SiteKind::Attn);
         }
         Self::ALL
             .into_iter()
@@ -332,7 +400,10 @@ impl HookSet {
         }
         let mut x = x;
         for iv in self.interventions.iter().filter(|iv| iv.site == site) {
-            x = apply_intervention(&x, iv, self.position_offset)?;
+            x = match x.rank() {
+                4 => apply_intervention_4d(&x, iv, self.position_offset)?,
+                _ => apply_intervention(&x, iv, self.position_offset)?,
+            };
         }
         if self.grad_sites.contains(&site) {
             let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
@@ -359,16 +430,63 @@ impl HookSet {
     }
 
     /// True when a hook or intervention needs the inside of layer `layer`'s attention (its q, k,
-    /// v, pattern or z), which the fused attention kernels never materialize: the forward pass
-    /// then runs that layer's attention unfused. This is the one place attention-internal hook
-    /// sites (`blocks.L.attn.hook_q/k/v/pattern/z`, none yet) plug in: add their kinds to
-    /// `INTERNAL` and capturing, intervening on or tracking one turns the fused path off.
+    /// v, scores, pattern, z or per-head result), which the fused attention kernels never
+    /// materialize: the forward pass then runs that layer's attention through
+    /// `attention_hooks`, unfused. Capturing, intervening on or tracking any `blocks.L.attn.*`
+    /// site turns the fused path off for layer L only.
     pub fn needs_attention_internals(&self, layer: usize) -> bool {
-        const INTERNAL: [SiteKind; 0] = [];
-        INTERNAL
+        AttnHook::ALL
             .iter()
-            .any(|&k| self.is_active(Site::Block(layer, k)))
+            .any(|&k| self.is_active(Site::Block(layer, SiteKind::Attn(k))))
     }
+}
+
+/// Attention-internal sites are 4-d; interventions see them as `[B, T, units]` with the token
+/// (query) axis second and units = the flattened rest: `head·dim + i` for q/k/v/z/result,
+/// `head·k_tokens + key` for scores and pattern. This is that view; `from_token_major` undoes it.
+fn token_major(site: Site, x: &Tensor) -> Result<Tensor> {
+    let (b, d1, d2, d3) = x.dims4()?;
+    Ok(match site {
+        Site::Block(_, SiteKind::Attn(h)) if h.is_pattern_like() => {
+            x.transpose(1, 2)?.contiguous()?.reshape((b, d2, d1 * d3))?
+        }
+        _ => x.reshape((b, d1, d2 * d3))?,
+    })
+}
+
+fn from_token_major(site: Site, y: &Tensor, like: &[usize]) -> Result<Tensor> {
+    let (b, d1, d2, d3) = (like[0], like[1], like[2], like[3]);
+    Ok(match site {
+        Site::Block(_, SiteKind::Attn(h)) if h.is_pattern_like() => {
+            y.reshape((b, d2, d1, d3))?.transpose(1, 2)?.contiguous()?
+        }
+        _ => y.reshape((b, d1, d2, d3))?,
+    })
+}
+
+/// An intervention on a 4-d (attention-internal) site: in the token-major view, with a
+/// replacement given in the site's own layout converted alike.
+fn apply_intervention_4d(x: &Tensor, iv: &Intervention, offset: usize) -> Result<Tensor> {
+    let view = token_major(iv.site, x)?;
+    let y = match &iv.op {
+        Op::Replace(r) => {
+            if r.dims() != x.dims() {
+                return Err(user_error(format!(
+                    "{}: replacement has shape {:?} but the activation has {:?}",
+                    iv.site,
+                    r.dims(),
+                    x.dims()
+                )));
+            }
+            let iv = Intervention {
+                op: Op::Replace(token_major(iv.site, r)?),
+                ..iv.clone()
+            };
+            apply_intervention(&view, &iv, offset)?
+        }
+        _ => apply_intervention(&view, iv, offset)?,
+    };
+    from_token_major(iv.site, &y, x.dims())
 }
 
 /// A 0/1 mask [1, T, D] of the entries an intervention touches.

@@ -3,6 +3,7 @@
 //! TransformerLens-named hook points.
 
 pub mod arch;
+pub mod attention_hooks;
 pub mod config;
 pub mod generate;
 pub mod gguf;
@@ -20,7 +21,7 @@ pub mod unit;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
-pub use hooks::{ExpertHook, HookSet, Intervention, Op, Site, SiteKind};
+pub use hooks::{AttnHook, ExpertHook, HookSet, Intervention, Op, Site, SiteKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, KvCache, Transformer};
 pub use unit::UnitId;

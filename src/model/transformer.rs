@@ -10,7 +10,7 @@
 //! the single place such sites plug in.
 
 use super::config::{ModelConfig, Residual};
-use super::hooks::{HookSet, Site, SiteKind};
+use super::hooks::{AttnHook, HookSet, Site, SiteKind};
 use super::kernels::{self, AttnMask};
 use super::layers::{activate, attention_mask, softmax_last, Linear, Norm, Rope};
 use super::moe::Moe;
@@ -172,6 +172,7 @@ impl Transformer {
                 SiteKind::SharedExpertPost => moe(l)
                     .and_then(|m| m.shared.as_ref())
                     .map_or(0, |s| s.mlp.d_expert()),
+                SiteKind::Attn(h) => super::attention_hooks::site_dim(&self.cfg, h),
                 _ => self.cfg.d_model,
             },
         }
@@ -196,6 +197,15 @@ impl Transformer {
                 }
                 if present {
                     out.push(Site::Block(l, k));
+                }
+                if k == SiteKind::ResidPre {
+                    let rotary = self.rope.is_some() || self.rope_local.is_some();
+                    out.extend(
+                        AttnHook::ALL
+                            .into_iter()
+                            .filter(|h| rotary || !matches!(h, AttnHook::RotQ | AttnHook::RotK))
+                            .map(|h| Site::Block(l, SiteKind::Attn(h))),
+                    );
                 }
             }
         }
@@ -298,13 +308,13 @@ impl Transformer {
             x = hooks.apply(Site::Block(l, SiteKind::ResidPre), x)?;
             x = match self.cfg.residual {
                 Residual::Sequential => {
-                    let a = self.attention(
+                    let a = self.attend(
                         l,
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        &*hooks,
+                        hooks,
                     )?;
                     let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -316,13 +326,13 @@ impl Transformer {
                     (mid + m)?
                 }
                 Residual::Parallel => {
-                    let a = self.attention(
+                    let a = self.attend(
                         l,
                         block,
                         &block.ln1.forward(&x, diff)?,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        &*hooks,
+                        hooks,
                     )?;
                     let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -332,13 +342,13 @@ impl Transformer {
                     ((x + a)? + m)?
                 }
                 Residual::PostLn => {
-                    let a = self.attention(
+                    let a = self.attend(
                         l,
                         block,
                         &x,
                         mask.as_ref(),
                         (&batch.lengths, offset, cache.as_deref_mut()),
-                        &*hooks,
+                        hooks,
                     )?;
                     let a = post_norm(&block.post_attn_norm, a, diff)?;
                     let a = hooks.apply(Site::Block(l, SiteKind::AttnOut), a)?;
@@ -373,6 +383,24 @@ impl Transformer {
         };
         let logits = hooks.apply(Site::Logits, logits)?;
         Ok(Some(logits))
+    }
+
+    /// A layer's attention output (before any post-norm): through `attention_hooks` when a hook
+    /// reads or changes its inside, else the plain (fused when possible) path, which then costs
+    /// nothing extra.
+    fn attend(
+        &self,
+        l: usize,
+        block: &Block,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        ctx: (&[usize], usize, Option<&mut KvCache>),
+        hooks: &mut HookSet,
+    ) -> Result<Tensor> {
+        if hooks.needs_attention_internals(l) {
+            return super::attention_hooks::attention(self, l, block, x, mask, ctx, hooks);
+        }
+        self.attention(l, block, x, mask, ctx, &*hooks)
     }
 
     fn attention(
@@ -534,7 +562,7 @@ fn softcap(x: &Tensor, c: f64) -> Result<Tensor> {
 /// then runs only the new token.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
     /// Positions held.
     pub len: usize,
 }

@@ -9,7 +9,7 @@
 //! shapes (a model: [`UnitId::on_model`]; an atlas: `Atlas::resolve`). `Display` writes the
 //! shortest spelling, so `parse(display(u)) == u`.
 
-use super::hooks::{Site, SiteKind};
+use super::hooks::{AttnHook, Site, SiteKind};
 use super::Model;
 use crate::error::user_error;
 use anyhow::Result;
@@ -71,9 +71,14 @@ impl UnitId {
     }
 
     /// The unit's name from a hook point's name as stored in an atlas manifest (`L.N` for MLP
-    /// neurons, `HOOK:N` otherwise, also for names this build does not know).
+    /// neurons, `L.hH` for the heads of a recorded `attn.hook_z`, `HOOK:N` otherwise, also for
+    /// names this build does not know).
     pub fn name_of(site: &str, index: usize) -> String {
         match Site::parse(site) {
+            // an atlas records hook_z per head (its output norm): unit H is head L.hH
+            Some(Site::Block(layer, SiteKind::Attn(AttnHook::Z))) => {
+                UnitId::Head { layer, head: index }.to_string()
+            }
             Some(site) => UnitId::Hook { site, index }.to_string(),
             None => format!("{site}:{index}"),
         }

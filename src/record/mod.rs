@@ -15,7 +15,7 @@ pub mod state;
 pub mod update;
 
 use crate::corpus::{windows, Documents, Skip};
-use crate::model::{HookSet, Model, Site};
+use crate::model::{AttnHook, HookSet, Model, Site, SiteKind};
 use anyhow::{anyhow, Result};
 use calibrate::{calibrate, Ahead, Stash};
 use candle_core::{CpuStorage, DType, Storage};
@@ -351,6 +351,19 @@ impl Captured {
     }
 }
 
+/// How many units a site has in an atlas: a head per unit for `attn.hook_z` (its output norm),
+/// the flattened heads × dims of the other per-token attention sites. Scores and pattern, whose
+/// width is the number of tokens, cannot be recorded.
+pub(crate) fn recorded_units(m: &Model, site: Site) -> Result<usize> {
+    match site {
+        Site::Block(_, SiteKind::Attn(AttnHook::Z)) => Ok(m.cfg.n_heads),
+        Site::Block(_, SiteKind::Attn(h)) if h.is_pattern_like() => Err(crate::error::user_error(
+            format!("{site} has one value per pair of tokens and cannot be recorded per unit (record attn.hook_z for heads)"),
+        )),
+        s => Ok(m.site_dim(s)),
+    }
+}
+
 /// Run `batch` through the model and take its activations at the recorded sites.
 fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
     let seqs: Vec<Vec<u32>> = batch
@@ -366,6 +379,7 @@ fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
         let x = hooks
             .take(*site)
             .ok_or_else(|| anyhow!("hook {site} was not reached"))?;
+        let x = crate::model::attention_hooks::per_token_units(*site, x)?;
         t_len = x.dims3()?.1;
         sites.push(x);
     }

@@ -330,12 +330,14 @@ impl RecordSession {
         }
         let infos: Vec<SiteInfo> = sites
             .iter()
-            .map(|s| SiteInfo {
-                name: s.to_string(),
-                units: m.site_dim(*s),
-                hist: None,
+            .map(|s| {
+                Ok(SiteInfo {
+                    name: s.to_string(),
+                    units: super::recorded_units(m, *s)?,
+                    hist: None,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut manifest = self.manifest(m, ctx, &infos)?;
         let mut state = self.start_state(&manifest, events)?;
         let settings = Settings {

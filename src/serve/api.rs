@@ -84,6 +84,7 @@ pub fn router(state: Shared) -> Router {
         .route("/map", get(map))
         .route("/neuron/{id}", get(neuron))
         .route("/neuron/{id}/contexts", get(contexts))
+        .route("/neuron/{id}/pattern", get(super::heads::pattern))
         .route("/search", get(search_api))
         .route("/activations", post(activations))
         .route("/intervene", post(intervene))

@@ -14,6 +14,7 @@
 pub mod api;
 mod assets;
 mod endpoints;
+mod heads;
 pub mod jobs;
 pub mod runs;
 pub mod search;

@@ -34,6 +34,8 @@ pub fn unit_activations(
     let x = hooks
         .take(site)
         .ok_or_else(|| anyhow::anyhow!("{site} was not captured"))?;
+    // a recorded head (hook_z) is its output norm, as the atlas holds it
+    let x = crate::model::attention_hooks::per_token_units(site, x)?;
     let col = x.narrow(D::Minus1, unit, 1)?.squeeze(D::Minus1)?;
     let rows = col.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     Ok(rows

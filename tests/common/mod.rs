@@ -129,3 +129,14 @@ pub fn run_ftri(args: &[&str]) -> (i32, String, String) {
 pub fn ftri_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ftri")
 }
+
+/// The model's hook points outside attention (those the GGUF references cover; the attention
+/// internals are checked against transformers in `tests/parity.rs`).
+pub fn sites_outside_attention(model: &ftri::model::Model) -> Vec<ftri::model::Site> {
+    use ftri::model::{Site, SiteKind};
+    model
+        .sites()
+        .into_iter()
+        .filter(|s| !matches!(s, Site::Block(_, SiteKind::Attn(_))))
+        .collect()
+}
