@@ -510,6 +510,7 @@ async function main() {
     else if (p.startsWith("/neuron/")) await neuronPage(decodeURIComponent(p.slice("/neuron/".length)));
     else if (p === "/search") await searchPage();
     else if (p === "/localize") localizePage();
+    else if (p === "/patch") patchPage();
     else $app.replaceChildren(el("h1", {}, "Not found"));
   } catch (e) { $app.append(errorBox(e)); }
   document.body.dataset.ready = "1";

@@ -9,6 +9,7 @@ pub mod info;
 pub mod lesion;
 pub mod localize;
 pub mod merge;
+pub mod patch;
 pub mod plant;
 pub mod record;
 pub mod serve;
@@ -59,6 +60,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// What a neuron writes (tokens it promotes/suppresses) and reads, from its weights; --all for every neuron
     Describe(describe::DescribeArgs),
+    /// Activation patching and causal tracing: restore clean activations into a corrupted run,
+    /// site × layer × position, and report the recovered fraction of a next-token metric
+    Patch(patch::PatchArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -114,5 +118,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Atlas(a) => atlas::run(a),
+        Command::Patch(a) => patch::run(a),
     }
 }

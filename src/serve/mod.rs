@@ -15,6 +15,7 @@ pub mod api;
 mod assets;
 mod endpoints;
 pub mod jobs;
+mod patching;
 pub mod runs;
 pub mod search;
 
