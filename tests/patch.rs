@@ -230,7 +230,9 @@ fn attribution_matches_exact_patching_to_first_order() {
         .iter()
         .find(|c| c.site == "resid_pre" && c.layer == 0 && c.position == last)
         .unwrap();
-    assert_eq!((c.recovered, c.attribution), (0.0, Some(0.0)));
+    // (exact: the same run in a batch of another size, so equal up to rounding)
+    assert!(c.recovered.abs() < 1e-6, "{}", c.recovered);
+    assert_eq!(c.attribution, Some(0.0));
 
     // A large corruption: still reported side by side, the estimate no longer exact.
     let m = planted(SynthArch::Gpt2);
@@ -366,7 +368,7 @@ fn cli_json_csv_and_bad_input() {
                 "--noise",
                 "3",
                 "--subject",
-                "cat",
+                "w9",
                 "--target",
                 " bark",
             ],
@@ -397,4 +399,86 @@ fn cli_json_csv_and_bad_input() {
             "{args:?}: `{needle}` missing from {err}"
         );
     }
+}
+
+/// One HTTP/1.1 request over a raw socket (`Connection: close`): (status, body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        );
+    }
+    req += "\r\n";
+    req += body.unwrap_or("");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[test]
+fn the_server_runs_patch_jobs_and_serves_the_page() {
+    let dir = planted_dir(SynthArch::Gpt2);
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "w1 dog w2 w3\nw4 puppy w5\nw6 w7 w8 w9\n").unwrap();
+    let atlas = tmp.path().join("atlas");
+    let (code, _, err) = common::run_ftri(&[
+        "record",
+        "--model",
+        dir.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        atlas.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let model = planted(SynthArch::Gpt2);
+    let mut req = dog_vs_cat(Metric::LogitDiff);
+    req.sites = vec![SiteKind::MlpOut];
+    let expected = serde_json::to_value(patch(&model, &req).unwrap()).unwrap();
+    let state =
+        ftri::serve::AppState::new(ftri::atlas::Atlas::open(&atlas).unwrap(), Some(model)).unwrap();
+    let state = std::sync::Arc::new(state);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            ftri::serve::serve(l, state).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let body = serde_json::json!({
+        "clean": "the dog", "corrupt": "the cat", "target": " bark", "sites": "mlp_out"
+    });
+    let (status, text) = http(addr, "POST", "/api/patch", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got, expected, "/api/patch = the library's result");
+    let (status, text) = http(
+        addr,
+        "POST",
+        "/api/patch",
+        Some(r#"{"clean": "the dog", "corrupt": "a the cat", "target": " bark"}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("--align"), "{text}");
+    let (status, text) = http(addr, "GET", "/patch", None);
+    assert_eq!(status, 200);
+    assert!(text.contains("/assets/patch.js"));
+    let (status, text) = http(addr, "GET", "/assets/patch.js", None);
+    assert_eq!(status, 200);
+    assert!(text.contains("function patchPage"));
 }

@@ -732,8 +732,9 @@ pub fn patch_until(
         for (c, e) in cells.iter_mut().zip(&est) {
             c.attribution = Some(e / n_inst / denom);
         }
-        let a: Vec<f64> = cells.iter().map(|c| c.recovered).collect();
-        correlation = pearson(&a, &est);
+        let exact: Vec<f64> = cells.iter().map(|c| c.recovered).collect();
+        let estimate: Vec<f64> = cells.iter().filter_map(|c| c.attribution).collect();
+        correlation = pearson(&exact, &estimate);
     }
 
     let text = |ids: &[u32]| -> Vec<String> {
