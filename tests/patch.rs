@@ -482,3 +482,48 @@ fn the_server_runs_patch_jobs_and_serves_the_page() {
     assert_eq!(status, 200);
     assert!(text.contains("function patchPage"));
 }
+
+#[test]
+fn a_12_layer_32_position_grid_costs_12_batched_forwards() {
+    use ftri::model::synth::{random_weights, vocab_with, write_checkpoint, SynthSpec};
+    let spec = SynthSpec {
+        arch: SynthArch::Gpt2,
+        n_layers: 12,
+        d_model: 64,
+        n_heads: 4,
+        d_mlp: 256,
+        n_ctx: 64,
+        vocab: vocab_with(&[], 300),
+        seed: 5,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    write_checkpoint(&dir, &spec, &random_weights(&spec), &[]).unwrap();
+    let m = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let words = |swap: usize| -> String {
+        (0..32)
+            .map(|i| format!("w{}", if i == 9 { swap } else { 20 + i }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut req = PatchRequest::new(&words(7), Corruption::Prompt(words(8)), " w3");
+    req.sites = vec![SiteKind::MlpOut];
+    let t = std::time::Instant::now();
+    let batched = patch(&m, &req).unwrap();
+    let tb = t.elapsed();
+    assert_eq!(batched.cells.len(), 12 * 32);
+    assert_eq!(batched.forwards, 12, "one batched forward per layer");
+    req.batched = false;
+    let t = std::time::Instant::now();
+    let per_cell = patch(&m, &req).unwrap();
+    let tc = t.elapsed();
+    assert_eq!(per_cell.forwards, 12 * 32);
+    assert_same(&batched, &per_cell, "12 × 32 grid");
+    eprintln!(
+        "12 × 32 grid: batched {} forwards in {:.3} s, per cell {} forwards in {:.3} s",
+        batched.forwards,
+        tb.as_secs_f64(),
+        per_cell.forwards,
+        tc.as_secs_f64()
+    );
+}

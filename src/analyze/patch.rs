@@ -486,7 +486,7 @@ pub fn patch_until(
     plan.iter().for_each(|p| hooks.capture(p.2));
     hooks.capture(Site::Embed);
     let clean_logits = model
-        .forward(&model.batch(&[clean_ids.clone()])?, &mut hooks)?
+        .forward(&model.batch(std::slice::from_ref(&clean_ids))?, &mut hooks)?
         .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
     let clean_acts = take_all(&mut hooks, &plan)?;
     let clean_embed = hooks
@@ -574,7 +574,10 @@ pub fn patch_until(
             hooks.intervene(replace(Site::Embed, e.clone(), None));
         }
         let logits = model
-            .forward(&model.batch(&[corrupt_ids.clone()])?, &mut hooks)?
+            .forward(
+                &model.batch(std::slice::from_ref(&corrupt_ids))?,
+                &mut hooks,
+            )?
             .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
         let acts = take_all(&mut hooks, &plan)?;
         if corrupt_logits0.is_none() {
@@ -675,7 +678,7 @@ pub fn patch_until(
                     }
                     hooks.intervene(replace(site, aligned.clone(), Some(vec![q])));
                     let logits = model
-                        .forward(&model.batch(&[inst.ids.clone()])?, &mut hooks)?
+                        .forward(&model.batch(std::slice::from_ref(&inst.ids))?, &mut hooks)?
                         .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
                     out.push(metrics(&logits, last, r.metric, target, foil_id)?[0]);
                     forwards += 1;
@@ -710,7 +713,7 @@ pub fn patch_until(
                 hooks.intervene(replace(Site::Embed, e.clone(), None));
             }
             let logits = model
-                .forward(&model.batch(&[inst.ids.clone()])?, &mut hooks)?
+                .forward(&model.batch(std::slice::from_ref(&inst.ids))?, &mut hooks)?
                 .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
             let grads = metric_tensor(&logits, last, r.metric, target, foil_id)?.backward()?;
             for (si, &(_, _, site)) in plan.iter().enumerate() {
