@@ -33,7 +33,7 @@ function patchGrid(r, site, key) {
           onmousemove: (ev) => showTip(ev, tip), onmouseleave: hideTip, "aria-label": tip,
         }, fmt(v, 2)));
     })));
-  return el("table", { class: "grid patch-grid" }, el("thead", {}, head), el("tbody", {}, ...body));
+  return el("table", { class: "grid patch-grid", style: { width: "auto" } }, el("thead", {}, head), el("tbody", {}, ...body));
 }
 
 function patchResult(r) {
@@ -99,4 +99,7 @@ function patchPage() {
     if (align.value) body.align = align.value;
     try { out.replaceChildren(patchResult(await api("/api/patch", body))); } catch (e) { out.replaceChildren(errorBox(e)); }
   });
+  for (const [k, x] of [["metric", metric], ["method", method], ["align", align], ["noise", noise]]) if (q.get(k)) x.value = q.get(k);
+  // a shared link (/patch?clean=…&corrupt=…&target=…) runs at once
+  if (q.get("clean") && q.get("target")) go.click();
 }
