@@ -511,6 +511,7 @@ async function main() {
     else if (p === "/search") await searchPage();
     else if (p === "/localize") localizePage();
     else if (p === "/neuro") neuroPage();
+    else if (p === "/patch") patchPage();
     else $app.replaceChildren(el("h1", {}, "Not found"));
   } catch (e) { $app.append(errorBox(e)); }
   document.body.dataset.ready = "1";

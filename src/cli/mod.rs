@@ -12,6 +12,7 @@ pub mod info;
 pub mod lesion;
 pub mod localize;
 pub mod merge;
+pub mod patch;
 pub mod plant;
 pub mod record;
 pub mod serve;
@@ -72,6 +73,9 @@ pub enum Command {
     Frequency(frequency::FrequencyArgs),
     /// Model–brain alignment per layer: ridge encoding of recorded brain units, RSA and CKA
     Align(align::AlignArgs),
+    /// Activation patching and causal tracing: restore clean activations into a corrupted run,
+    /// site × layer × position, and report the recovered fraction of a next-token metric
+    Patch(patch::PatchArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -131,5 +135,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tune(a) => tune::run(a),
         Command::Frequency(a) => frequency::run(a),
         Command::Align(a) => align::run(a),
+        Command::Patch(a) => patch::run(a),
     }
 }

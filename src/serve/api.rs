@@ -89,6 +89,7 @@ pub fn router(state: Shared) -> Router {
         .route("/activations", post(activations))
         .route("/intervene", post(intervene))
         .route("/localize", post(localize))
+        .route("/patch", post(super::patching::patch))
         .fallback(not_found);
     Router::new()
         .route("/", get(page))
@@ -96,6 +97,7 @@ pub fn router(state: Shared) -> Router {
         .route("/search", get(page))
         .route("/localize", get(page))
         .route("/neuro", get(page))
+        .route("/patch", get(page))
         .route("/assets/{*path}", get(asset))
         .nest("/api", api)
         .fallback(not_found)

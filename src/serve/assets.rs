@@ -27,6 +27,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../../web/heads.js"),
     },
     Asset {
+        name: "patch.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/patch.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../../web/style.css"),

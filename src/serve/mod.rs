@@ -16,6 +16,7 @@ mod assets;
 mod endpoints;
 mod heads;
 pub mod jobs;
+mod patching;
 pub mod runs;
 pub mod search;
 

@@ -1,0 +1,529 @@
+//! `ftri patch` (activation patching, causal tracing, attribution patching) against ground truth:
+//! a checkpoint with a planted neuron 1.5 that fires on `dog` and writes `bark`, invariants that
+//! hold for any model, the batched computation against one forward pass per cell, and the
+//! attribution estimate against exact patching where first order is exact enough.
+
+mod common;
+
+use common::planted::{planted, planted_dir};
+use ftri::analyze::patch::{patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching};
+use ftri::model::synth::SynthArch;
+use ftri::model::{LoadOptions, Model, SiteKind};
+
+fn cell(r: &Patching, site: &str, layer: usize, pos: usize) -> f64 {
+    r.cells
+        .iter()
+        .find(|c| c.site == site && c.layer == layer && c.position == pos)
+        .unwrap_or_else(|| panic!("no cell {site} {layer} {pos}"))
+        .recovered
+}
+
+fn dog_vs_cat(metric: Metric) -> PatchRequest {
+    let mut req = PatchRequest::new("the dog", Corruption::Prompt("the cat".into()), " bark");
+    req.metric = metric;
+    req.sites = vec![
+        SiteKind::ResidPre,
+        SiteKind::AttnOut,
+        SiteKind::MlpOut,
+        SiteKind::ResidPost,
+    ];
+    req
+}
+
+#[test]
+fn the_planted_neurons_layer_and_position_carry_the_effect() {
+    for arch in [SynthArch::Gpt2, SynthArch::Llama] {
+        let m = planted(arch);
+        for metric in [Metric::LogProb, Metric::LogitDiff] {
+            let r = patch(&m, &dog_vs_cat(metric)).unwrap();
+            let tag = format!("{arch:?} {}", metric.name());
+            assert_eq!(r.tokens.len(), 2, "{tag}: {:?}", r.tokens);
+            assert!(
+                r.clean_metric > r.corrupt_metric + 1.0,
+                "{tag}: dog raises bark: clean {} corrupt {}",
+                r.clean_metric,
+                r.corrupt_metric
+            );
+            // the planted neuron is in layer 1 and fires on `dog` (position 1)
+            let hit = cell(&r, "mlp_out", 1, 1);
+            assert!(hit >= 0.8, "{tag}: mlp_out 1 @ dog recovers {hit}");
+            for (l, p) in [(0, 0), (0, 1), (1, 0)] {
+                let v = cell(&r, "mlp_out", l, p);
+                assert!(v.abs() < 0.2, "{tag}: mlp_out {l} @ {p} recovers {v}");
+            }
+            // invariants of any causal model whose prompts differ at one position: the whole
+            // residual stream there is the clean run's, so all of it comes back; the shared
+            // position carries nothing (its activations are the same in both runs)
+            for l in 0..2 {
+                let v = cell(&r, "resid_pre", l, 1);
+                assert!((v - 1.0).abs() < 1e-4, "{tag}: resid_pre {l} @ 1 = {v}");
+                for site in ["resid_pre", "attn_out", "mlp_out", "resid_post"] {
+                    let v = cell(&r, site, l, 0);
+                    assert!(v.abs() < 1e-4, "{tag}: {site} {l} @ 0 = {v}");
+                }
+            }
+            let v = cell(&r, "resid_post", 1, 1);
+            assert!((v - 1.0).abs() < 1e-4, "{tag}: resid_post 1 @ 1 = {v}");
+            assert_eq!(r.forwards, 8, "{tag}: one forward per site × layer");
+            assert!(r.cells.iter().all(|c| c.head.is_none()));
+        }
+    }
+}
+
+fn assert_same(a: &Patching, b: &Patching, what: &str) {
+    assert_eq!(a.cells.len(), b.cells.len(), "{what}");
+    assert!((a.corrupt_metric - b.corrupt_metric).abs() < 1e-9, "{what}");
+    let mut worst = 0f64;
+    for (x, y) in a.cells.iter().zip(&b.cells) {
+        assert_eq!(
+            (&x.site, x.layer, x.position),
+            (&y.site, y.layer, y.position),
+            "{what}"
+        );
+        worst = worst.max((x.recovered - y.recovered).abs());
+    }
+    assert!(
+        worst <= 1e-5,
+        "{what}: batched and per-cell differ by {worst}"
+    );
+}
+
+#[test]
+fn batched_equals_one_forward_per_cell() {
+    let m = planted(SynthArch::Llama);
+    let mut cases: Vec<(&str, PatchRequest)> = Vec::new();
+    let mut eq = PatchRequest::new(
+        "w5 dog w7 w9 w11",
+        Corruption::Prompt("w6 w8 w7 w9 w12".into()),
+        " bark",
+    );
+    eq.sites = vec![SiteKind::ResidPre, SiteKind::AttnOut, SiteKind::MlpOut];
+    cases.push(("equal lengths, logit_diff", eq.clone()));
+    let mut lp = eq.clone();
+    lp.metric = Metric::LogProb;
+    cases.push(("equal lengths, logprob", lp));
+    for align in [Align::Left, Align::Right] {
+        let mut r = eq.clone();
+        r.corruption = Corruption::Prompt("w3 w6 w8 w7 w9 w12".into());
+        r.align = align;
+        cases.push(("different lengths", r));
+    }
+    let mut noise = eq.clone();
+    noise.corruption = Corruption::Noise {
+        sigma: 3.0,
+        subject: Some("dog".into()),
+        seeds: 2,
+        seed: 7,
+    };
+    cases.push(("noise", noise));
+    for (what, req) in cases {
+        let batched = patch(&m, &req).unwrap();
+        let mut one = req.clone();
+        one.batched = false;
+        let per_cell = patch(&m, &one).unwrap();
+        assert!(per_cell.forwards > batched.forwards, "{what}");
+        assert_same(&batched, &per_cell, &format!("{what} {:?}", req.align));
+    }
+}
+
+#[test]
+fn alignment_pairs_positions_from_the_start_or_the_end() {
+    let m = planted(SynthArch::Gpt2);
+    let mut req = PatchRequest::new("w4 the dog", Corruption::Prompt("the cat".into()), " bark");
+    req.sites = vec![SiteKind::ResidPre];
+    let err = patch(&m, &req).unwrap_err();
+    assert!(ftri::error::is_user_error(&err) && err.to_string().contains("--align"));
+    req.align = Align::Right;
+    let r = patch(&m, &req).unwrap();
+    // the last two clean positions pair with the two corrupted ones; `dog` is clean position 2
+    let positions: Vec<usize> = r
+        .cells
+        .iter()
+        .filter(|c| c.layer == 0)
+        .map(|c| c.position)
+        .collect();
+    assert_eq!(positions, vec![1, 2]);
+    assert!(cell(&r, "resid_pre", 0, 2) > 0.8);
+    req.align = Align::Left;
+    let r = patch(&m, &req).unwrap();
+    let positions: Vec<usize> = r
+        .cells
+        .iter()
+        .filter(|c| c.layer == 0)
+        .map(|c| c.position)
+        .collect();
+    assert_eq!(positions, vec![0, 1]);
+}
+
+#[test]
+fn noise_tracing_finds_the_subject_and_is_deterministic() {
+    let m = planted(SynthArch::Gpt2);
+    let mut req = PatchRequest::new("w5 dog w7", Corruption::Prompt(String::new()), " bark");
+    req.corruption = Corruption::Noise {
+        sigma: 3.0,
+        subject: Some("dog".into()),
+        seeds: 3,
+        seed: 0,
+    };
+    req.metric = Metric::LogProb;
+    req.sites = vec![SiteKind::ResidPre, SiteKind::MlpOut];
+    let a = patch(&m, &req).unwrap();
+    let b = patch(&m, &req).unwrap();
+    assert_eq!(a.noise.as_ref().unwrap().positions, vec![1]);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap(),
+        "same seed, same numbers"
+    );
+    // restoring the noised subject's residual restores everything; elsewhere nothing
+    let v = cell(&a, "resid_pre", 0, 1);
+    assert!((v - 1.0).abs() < 1e-4, "resid_pre 0 @ subject = {v}");
+    let v = cell(&a, "resid_pre", 0, 0);
+    assert!(v.abs() < 1e-4, "resid_pre 0 @ 0 = {v}");
+    req.corruption = Corruption::Noise {
+        sigma: 3.0,
+        subject: Some("cat".into()),
+        seeds: 1,
+        seed: 0,
+    };
+    let err = patch(&m, &req).unwrap_err();
+    assert!(ftri::error::is_user_error(&err), "{err}");
+}
+
+#[test]
+fn attribution_matches_exact_patching_to_first_order() {
+    // In f64, with a small corruption the metric is linear between the runs up to O(σ²): the
+    // gradient estimate must agree with exact patching; cells with identical activations in both
+    // runs are exactly 0 in both.
+    let m = Model::load(
+        planted_dir(SynthArch::Gpt2).to_str().unwrap(),
+        &LoadOptions {
+            dtype: candle_core::DType::F64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut req = PatchRequest::new("w5 dog w7", Corruption::Prompt(String::new()), " bark");
+    req.corruption = Corruption::Noise {
+        sigma: 1e-3,
+        subject: None,
+        seeds: 1,
+        seed: 1,
+    };
+    req.method = PatchMethod::Attribution;
+    req.sites = vec![SiteKind::ResidPre, SiteKind::AttnOut, SiteKind::MlpOut];
+    let r = patch(&m, &req).unwrap();
+    let worst = r
+        .cells
+        .iter()
+        .map(|c| (c.attribution.unwrap() - c.recovered).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 0.01,
+        "small corruption: max |attribution − exact| = {worst}"
+    );
+    assert!(r.correlation.unwrap() > 0.999, "{:?}", r.correlation);
+    // the last token is not noised: its layer-0 residual is the same in both runs
+    let last = r.tokens.len() - 1;
+    let c = r
+        .cells
+        .iter()
+        .find(|c| c.site == "resid_pre" && c.layer == 0 && c.position == last)
+        .unwrap();
+    // (exact: the same run in a batch of another size, so equal up to rounding)
+    assert!(c.recovered.abs() < 1e-6, "{}", c.recovered);
+    assert_eq!(c.attribution, Some(0.0));
+
+    // A large corruption: still reported side by side, the estimate no longer exact.
+    let m = planted(SynthArch::Gpt2);
+    let mut big = dog_vs_cat(Metric::LogitDiff);
+    big.method = PatchMethod::Attribution;
+    let r = patch(&m, &big).unwrap();
+    assert!(r.cells.iter().all(|c| c.attribution.is_some()));
+    assert!(r.correlation.is_some());
+}
+
+#[test]
+fn cli_json_csv_and_bad_input() {
+    let dir = planted_dir(SynthArch::Gpt2);
+    let model = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("cells.csv");
+    let (code, out, err) = common::run_ftri(&[
+        "patch",
+        "--model",
+        model,
+        "--clean",
+        "the dog",
+        "--corrupt",
+        "the cat",
+        "--target",
+        " bark",
+        "--sites",
+        "mlp_out",
+        "--method",
+        "attribution",
+        "--json",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for k in [
+        "metric",
+        "target",
+        "clean_metric",
+        "corrupt_metric",
+        "tokens",
+        "cells",
+    ] {
+        assert!(v.get(k).is_some(), "JSON lacks {k}: {out}");
+    }
+    assert_eq!(v["metric"], "logit_diff");
+    let cells = v["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    let c = &cells[0];
+    assert_eq!(c["site"], "mlp_out");
+    assert!(c["head"].is_null() && c["recovered"].is_number() && c["attribution"].is_number());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "site,layer,position,head,recovered,attribution");
+    assert_eq!(lines.len(), 5);
+    assert!(lines[1].starts_with("mlp_out,0,0,,"));
+
+    // the human table: a grid per site
+    let (code, out, err) = common::run_ftri(&[
+        "patch",
+        "--model",
+        model,
+        "--clean",
+        "the dog",
+        "--corrupt",
+        "the cat",
+        "--target",
+        " bark",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for s in ["resid_pre", "attn_out", "mlp_out", "layer", "dog"] {
+        assert!(out.contains(s), "`{s}` missing from:\n{out}");
+    }
+
+    let bad: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--corrupt",
+                "a the cat",
+                "--target",
+                " bark",
+            ],
+            "--align",
+        ),
+        (
+            &["--clean", "the dog", "--corrupt", "the cat", "--target", ""],
+            "--target",
+        ),
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--corrupt",
+                "the cat",
+                "--target",
+                " bark",
+                "--sites",
+                "mlp_in",
+            ],
+            "mlp_in",
+        ),
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--corrupt",
+                "the cat",
+                "--target",
+                " bark",
+                "--metric",
+                "kl",
+            ],
+            "--metric",
+        ),
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--corrupt",
+                "the dog",
+                "--target",
+                " bark",
+            ],
+            "nothing to recover",
+        ),
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--noise",
+                "3",
+                "--subject",
+                "w9",
+                "--target",
+                " bark",
+            ],
+            "--subject",
+        ),
+        (
+            &[
+                "--clean",
+                "the dog",
+                "--corrupt",
+                "the cat",
+                "--target",
+                " bark",
+                "--layers",
+                "5",
+            ],
+            "--layers",
+        ),
+    ];
+    for (args, needle) in bad {
+        let mut all = vec!["patch", "--model", model];
+        all.extend_from_slice(args);
+        let (code, _, err) = common::run_ftri(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{needle}` missing from {err}"
+        );
+    }
+}
+
+/// One HTTP/1.1 request over a raw socket (`Connection: close`): (status, body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        );
+    }
+    req += "\r\n";
+    req += body.unwrap_or("");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[test]
+fn the_server_runs_patch_jobs_and_serves_the_page() {
+    let dir = planted_dir(SynthArch::Gpt2);
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "w1 dog w2 w3\nw4 puppy w5\nw6 w7 w8 w9\n").unwrap();
+    let atlas = tmp.path().join("atlas");
+    let (code, _, err) = common::run_ftri(&[
+        "record",
+        "--model",
+        dir.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        atlas.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let model = planted(SynthArch::Gpt2);
+    let mut req = dog_vs_cat(Metric::LogitDiff);
+    req.sites = vec![SiteKind::MlpOut];
+    let expected = serde_json::to_value(patch(&model, &req).unwrap()).unwrap();
+    let state =
+        ftri::serve::AppState::new(ftri::atlas::Atlas::open(&atlas).unwrap(), Some(model)).unwrap();
+    let state = std::sync::Arc::new(state);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            ftri::serve::serve(l, state).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let body = serde_json::json!({
+        "clean": "the dog", "corrupt": "the cat", "target": " bark", "sites": "mlp_out"
+    });
+    let (status, text) = http(addr, "POST", "/api/patch", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got, expected, "/api/patch = the library's result");
+    let (status, text) = http(
+        addr,
+        "POST",
+        "/api/patch",
+        Some(r#"{"clean": "the dog", "corrupt": "a the cat", "target": " bark"}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("--align"), "{text}");
+    let (status, text) = http(addr, "GET", "/patch", None);
+    assert_eq!(status, 200);
+    assert!(text.contains("/assets/patch.js"));
+    let (status, text) = http(addr, "GET", "/assets/patch.js", None);
+    assert_eq!(status, 200);
+    assert!(text.contains("function patchPage"));
+}
+
+#[test]
+fn a_12_layer_32_position_grid_costs_12_batched_forwards() {
+    use ftri::model::synth::{random_weights, vocab_with, write_checkpoint, SynthSpec};
+    let spec = SynthSpec {
+        arch: SynthArch::Gpt2,
+        n_layers: 12,
+        d_model: 64,
+        n_heads: 4,
+        d_mlp: 256,
+        n_ctx: 64,
+        vocab: vocab_with(&[], 300),
+        seed: 5,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    write_checkpoint(&dir, &spec, &random_weights(&spec), &[]).unwrap();
+    let m = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let words = |swap: usize| -> String {
+        (0..32)
+            .map(|i| format!("w{}", if i == 9 { swap } else { 20 + i }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut req = PatchRequest::new(&words(7), Corruption::Prompt(words(8)), " w3");
+    req.sites = vec![SiteKind::MlpOut];
+    let t = std::time::Instant::now();
+    let batched = patch(&m, &req).unwrap();
+    let tb = t.elapsed();
+    assert_eq!(batched.cells.len(), 12 * 32);
+    assert_eq!(batched.forwards, 12, "one batched forward per layer");
+    req.batched = false;
+    let t = std::time::Instant::now();
+    let per_cell = patch(&m, &req).unwrap();
+    let tc = t.elapsed();
+    assert_eq!(per_cell.forwards, 12 * 32);
+    assert_same(&batched, &per_cell, "12 × 32 grid");
+    eprintln!(
+        "12 × 32 grid: batched {} forwards in {:.3} s, per cell {} forwards in {:.3} s",
+        batched.forwards,
+        tb.as_secs_f64(),
+        per_cell.forwards,
+        tc.as_secs_f64()
+    );
+}
