@@ -14,6 +14,7 @@
 pub mod api;
 mod assets;
 mod endpoints;
+mod experts;
 pub mod jobs;
 pub mod runs;
 pub mod search;
