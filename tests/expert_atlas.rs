@@ -80,11 +80,12 @@ fn record(model: &Path, out: &Path, extra: &[&str]) {
         out.to_str().unwrap(),
         "--top-k",
         &top,
-        "--batch",
-        "3",
         "--threads",
         "2",
     ];
+    if !extra.contains(&"--batch") {
+        args.extend_from_slice(&["--batch", "3"]);
+    }
     args.extend_from_slice(extra);
     ok(&args);
 }
@@ -147,13 +148,24 @@ fn hand_count(name: &str) -> Hand {
         m.forward(&b, &mut hooks).unwrap();
         h.tokens += ids.len() as u64;
         let grab = |hooks: &mut HookSet, s: Site| -> Vec<Vec<f32>> {
-            hooks.take(s).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+            hooks
+                .take(s)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2()
+                .unwrap()
         };
         for &(l, e, k) in &moe {
             let idx = grab(&mut hooks, Site::Block(l, SiteKind::ExpertIndices));
             let w = grab(&mut hooks, Site::Block(l, SiteKind::ExpertWeights));
             let posts: Vec<Vec<Vec<f32>>> = (0..e)
-                .map(|x| grab(&mut hooks, Site::Block(l, SiteKind::Expert(x, ExpertHook::Post))))
+                .map(|x| {
+                    grab(
+                        &mut hooks,
+                        Site::Block(l, SiteKind::Expert(x, ExpertHook::Post)),
+                    )
+                })
                 .collect();
             for t in 0..ids.len() {
                 for j in 0..k {
@@ -197,7 +209,10 @@ fn routing_counts_equal_a_hand_count_on_every_moe_fixture() {
             .iter()
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
-        assert_eq!(layers, want, "{name}: every MoE layer's routing is recorded");
+        assert_eq!(
+            layers, want,
+            "{name}: every MoE layer's routing is recorded"
+        );
         let st = a.load_state().unwrap();
         for (xi, x) in m.experts.iter().enumerate() {
             let r = &st.experts[xi];
@@ -303,37 +318,52 @@ fn shards_merge_into_one_run_for_the_experts() {
         "--out",
         merged.to_str().unwrap(),
     ]);
-    let (a, b) = (
-        Atlas::open(&merged).unwrap(),
-        Atlas::open(&whole).unwrap(),
-    );
+    let (a, b) = (Atlas::open(&merged).unwrap(), Atlas::open(&whole).unwrap());
     assert!(a.manifest.shard.is_none());
     assert_same_experts(&a, &b);
     // a shard alone routed fewer tokens
     let half = Atlas::open(&s0).unwrap();
-    assert!(half.expert_counts(0).unwrap().iter().sum::<u64>() < b.expert_counts(0).unwrap().iter().sum::<u64>());
+    assert!(
+        half.expert_counts(0).unwrap().iter().sum::<u64>()
+            < b.expert_counts(0).unwrap().iter().sum::<u64>()
+    );
 }
 
 #[test]
 fn show_and_atlas_present_an_expert() {
     let dir = atlas("mixtral");
     let d = dir.to_str().unwrap();
-    let j: Value = serde_json::from_str(&ok(&["show", "--atlas", d, "--neuron", "1.e2", "--json"]))
-        .unwrap();
+    let j: Value =
+        serde_json::from_str(&ok(&["show", "--atlas", d, "--neuron", "1.e2", "--json"])).unwrap();
     let a = Atlas::open(&dir).unwrap();
     let tokens = a.manifest.counts.tokens;
     assert_eq!(j["expert"], "1.e2");
-    assert_eq!((j["layer"].as_u64(), j["index"].as_u64()), (Some(1), Some(2)));
-    assert_eq!((j["experts"].as_u64(), j["top_k"].as_u64()), (Some(5), Some(2)));
+    assert_eq!(
+        (j["layer"].as_u64(), j["index"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        (j["experts"].as_u64(), j["top_k"].as_u64()),
+        (Some(5), Some(2))
+    );
     assert_eq!(j["tokens"].as_u64(), Some(tokens));
     let count = j["count"].as_u64().unwrap();
     assert_eq!(count, a.expert_counts(1).unwrap()[2]);
-    assert!(close(j["rate"].as_f64().unwrap(), count as f64 / tokens as f64, 1e-12));
+    assert!(close(
+        j["rate"].as_f64().unwrap(),
+        count as f64 / tokens as f64,
+        1e-12
+    ));
     assert!(close(j["even_rate"].as_f64().unwrap(), 0.4, 1e-12));
     let mw = j["mean_weight"].as_f64().unwrap();
     assert!(mw > 0.0 && mw <= 1.0, "{mw}");
     assert_eq!(
-        j["weight_histogram"]["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>()
+        j["weight_histogram"]["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>()
             + j["weight_histogram"]["overflow"].as_u64().unwrap(),
         count
     );
@@ -341,11 +371,22 @@ fn show_and_atlas_present_an_expert() {
     assert!(!top.is_empty() && top[0]["context"].as_str().unwrap().contains('«'));
     assert_eq!(j["neurons"]["site"], "blocks.1.mlp.experts.2.hook_post");
     let text = ok(&["show", "--atlas", d, "--neuron", "1.e2"]);
-    assert!(text.starts_with("expert 1.e2 (layer 1, expert 2 of 5, top-2)"), "{text}");
-    assert!(text.contains(&format!("routed {count} of {tokens} tokens")), "{text}");
+    assert!(
+        text.starts_with("expert 1.e2 (layer 1, expert 2 of 5, top-2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("routed {count} of {tokens} tokens")),
+        "{text}"
+    );
     // an expert neuron is a unit of its hook point, over the routed tokens
     let n: Value = serde_json::from_str(&ok(&[
-        "show", "--atlas", d, "--neuron", "blocks.1.mlp.experts.2.hook_post:3", "--json",
+        "show",
+        "--atlas",
+        d,
+        "--neuron",
+        "blocks.1.mlp.experts.2.hook_post:3",
+        "--json",
     ]))
     .unwrap();
     assert_eq!(n["count"].as_u64(), Some(count));
@@ -355,7 +396,12 @@ fn show_and_atlas_present_an_expert() {
     let xs = s["experts"].as_array().unwrap();
     assert_eq!(xs.len(), 3);
     for x in xs {
-        let rates: Vec<f64> = x["rates"].as_array().unwrap().iter().map(|r| r.as_f64().unwrap()).collect();
+        let rates: Vec<f64> = x["rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
         assert!(close(rates.iter().sum::<f64>(), 2.0, 1e-12));
         let most = rates.iter().cloned().fold(f64::MIN, f64::max);
         let least = rates.iter().cloned().fold(f64::MAX, f64::min);
@@ -366,13 +412,23 @@ fn show_and_atlas_present_an_expert() {
         assert!(x["max_over_mean"].as_f64().unwrap() >= 1.0);
     }
     let text = ok(&["atlas", "--atlas", d]);
-    assert!(text.contains("most used") && text.contains("blocks.2.mlp.experts"), "{text}");
+    assert!(
+        text.contains("most used") && text.contains("blocks.2.mlp.experts"),
+        "{text}"
+    );
 
     // bad expert ids: one line, exit 2
-    for (id, says) in [("9.e0", "layer 9 has no experts"), ("0.e5", "out of range"), ("0.ex", "bad")] {
+    for (id, says) in [
+        ("9.e0", "layer 9 has no experts"),
+        ("0.e5", "out of range"),
+        ("0.ex", "bad"),
+    ] {
         let (code, _, err) = run_ftri(&["show", "--atlas", d, "--neuron", id]);
         assert_eq!(code, 2, "{id}: {err}");
-        assert!(err.contains(says) && err.trim().lines().count() == 1, "{id}: {err}");
+        assert!(
+            err.contains(says) && err.trim().lines().count() == 1,
+            "{id}: {err}"
+        );
     }
 }
 
@@ -389,7 +445,10 @@ fn info_counts_expert_neurons() {
     assert_eq!(j["total_neurons"].as_u64(), Some(40 + 2 * 6 * 20 + 2 * 28));
     assert_eq!(j["moe"]["expert_neurons"].as_u64(), Some(240));
     let text = ok(&["info", "--model", fixture("mixtral").to_str().unwrap()]);
-    assert!(text.contains("neurons       540 in all: 540 in experts"), "{text}");
+    assert!(
+        text.contains("neurons       540 in all: 540 in experts"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -399,11 +458,22 @@ fn atlases_without_experts_still_open() {
     record(&fixture("llama"), &dense, &[]);
     let text = std::fs::read_to_string(dense.join("manifest.json")).unwrap();
     assert!(!text.contains("\"experts\""));
-    let (code, _, err) = run_ftri(&["show", "--atlas", dense.to_str().unwrap(), "--neuron", "0.e1"]);
+    let (code, _, err) = run_ftri(&[
+        "show",
+        "--atlas",
+        dense.to_str().unwrap(),
+        "--neuron",
+        "0.e1",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("this atlas has no experts"), "{err}");
-    let s: Value =
-        serde_json::from_str(&ok(&["atlas", "--atlas", dense.to_str().unwrap(), "--json"])).unwrap();
+    let s: Value = serde_json::from_str(&ok(&[
+        "atlas",
+        "--atlas",
+        dense.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
     assert!(s.get("experts").is_none());
     // an MoE atlas written before experts were recorded: its manifest has no `experts`
     let old = root().join("atlas-old");
@@ -413,13 +483,20 @@ fn atlases_without_experts_still_open() {
         let f = f.unwrap().path();
         std::fs::copy(&f, old.join(f.file_name().unwrap())).unwrap();
     }
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(old.join("manifest.json")).unwrap()).unwrap();
+    let mut m: Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join("manifest.json")).unwrap()).unwrap();
     m.as_object_mut().unwrap().remove("experts");
     std::fs::write(old.join("manifest.json"), m.to_string()).unwrap();
     let a = Atlas::open(&old).unwrap();
     assert!(a.manifest.experts.is_empty());
     let o = old.to_str().unwrap();
-    ok(&["show", "--atlas", o, "--neuron", "blocks.0.mlp.experts.1.hook_post:0"]);
+    ok(&[
+        "show",
+        "--atlas",
+        o,
+        "--neuron",
+        "blocks.0.mlp.experts.1.hook_post:0",
+    ]);
     ok(&["atlas", "--atlas", o]);
 }
 
@@ -446,13 +523,20 @@ fn serve(dir: &Path) -> SocketAddr {
 /// GET `path`: (status, body). Bodies here are small and not chunked beyond one read.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         loop {
@@ -473,7 +557,10 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (st, body) = get(addr, path);
-    (st, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    (
+        st,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
 }
 
 #[test]
@@ -496,10 +583,17 @@ fn the_api_serves_the_expert_map_and_pages() {
     let show: Value =
         serde_json::from_str(&ok(&["show", "--atlas", d, "--neuron", "1.e3", "--json"])).unwrap();
     assert_eq!(e, show);
-    for bad in ["/api/neuron/0.e1", "/api/neuron/1.e7", "/api/neuron/1.e99999999999999999999"] {
+    for bad in [
+        "/api/neuron/0.e1",
+        "/api/neuron/1.e7",
+        "/api/neuron/1.e99999999999999999999",
+    ] {
         let (st, j) = get_json(addr, bad);
         assert!(st == 404 || st == 400, "{bad}: {st}");
-        assert!(j["error"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {j}");
+        assert!(
+            j["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{bad}: {j}"
+        );
     }
     // the pages and the script behind them
     for page in ["/experts", "/expert/1.e3", "/"] {

@@ -41,7 +41,7 @@ function expertGrid(data) {
     });
   });
   for (let e = 0; e < maxE; e += Math.max(1, Math.ceil(maxE / 16))) {
-    g.append(svg("text", { x: labelW + (e + 0.5) * cell, y: H - 4, class: "tick", "text-anchor": "middle" }, e));
+    g.append(svg("text", { x: labelW + (e + 0.5) * cell, y: H - 4, class: "tick", "text-anchor": "middle" }, String(e)));
   }
   const bar = el("canvas", { width: 160, height: 12, class: "ramp" });
   const bg = bar.getContext("2d");

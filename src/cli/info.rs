@@ -87,7 +87,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if c.moe.is_some() {
         // the dense layers' MLP width; each MoE layer's neurons are its experts'
         let (dense, experts, shared) = neuron_counts(&m);
-        println!("d_mlp         {} neurons per dense layer", c.d_mlp);
+        if dense > 0 {
+            println!("d_mlp         {} neurons per dense layer", c.d_mlp);
+        }
         println!(
             "neurons       {} in all: {} in experts{}{}",
             dense + experts + shared,

@@ -116,7 +116,10 @@ fn show_expert(atlas: &Atlas, a: &ShowArgs, tok: Option<&Tokenizer>) -> Result<(
         r.hist[n - 1]
     );
     if let Some(nr) = &v.neurons {
-        println!("  neurons: {} ({} units, e.g. {})", nr.site, nr.units, nr.first);
+        println!(
+            "  neurons: {} ({} units, e.g. {})",
+            nr.site, nr.units, nr.first
+        );
     }
     println!("  top {} tokens by routing weight:", v.top.len());
     for (i, t) in v.top.iter().enumerate() {

@@ -105,7 +105,12 @@ pub struct Routed<'a> {
 
 impl Routing {
     /// Split `rows` (offsets into this pass's `n_rows` rows) by the experts they were routed to.
-    pub fn split<'a>(&self, x: &ExpertLayer, rows: &[Row<'a>], n_rows: usize) -> Result<Routed<'a>> {
+    pub fn split<'a>(
+        &self,
+        x: &ExpertLayer,
+        rows: &[Row<'a>],
+        n_rows: usize,
+    ) -> Result<Routed<'a>> {
         let (e, k) = (x.experts, x.top_k);
         if self.indices.len() != n_rows * k || self.weights.len() != n_rows * k {
             bail!(
@@ -177,7 +182,11 @@ mod tests {
         assert_eq!((offs(0), offs(1), offs(2)), (vec![0, 2], vec![2], vec![0]));
         assert_eq!(s.weights[2], 0.7);
         assert_eq!(s.weights[2 * 3], 0.55);
-        assert_eq!(s.weights[3 + 1], 0.0, "row 1 is padding: never read, left 0");
+        assert_eq!(
+            s.weights[3 + 1],
+            0.0,
+            "row 1 is padding: never read, left 0"
+        );
         assert!(r.routed_to(1, 2, 1) && !r.routed_to(1, 2, 0));
         let bad = Routing {
             indices: vec![3.0, 0.0],
