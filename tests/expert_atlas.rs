@@ -225,10 +225,11 @@ fn routing_counts_equal_a_hand_count_on_every_moe_fixture() {
                 "{name} layer {}",
                 x.layer
             );
-            for e in 0..x.experts {
+            assert_eq!(counts.len(), x.experts);
+            for (e, &got) in counts.iter().enumerate() {
                 let key = (x.layer, e);
                 let c = h.count.get(&key).copied().unwrap_or(0);
-                assert_eq!(counts[e], c, "{name} {}.e{e}: routed tokens", x.layer);
+                assert_eq!(got, c, "{name} {}.e{e}: routed tokens", x.layer);
                 let u = a.expert(xi, e).unwrap();
                 if c > 0 {
                     let mean = h.weight[&key] / c as f64;

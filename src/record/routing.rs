@@ -144,9 +144,7 @@ impl Routing {
 
     /// Whether row `offset` was routed to expert `e` (top-k of `k`).
     pub fn routed_to(&self, offset: usize, k: usize, e: usize) -> bool {
-        self.indices[offset * k..(offset + 1) * k]
-            .iter()
-            .any(|&x| x == e as f32)
+        self.indices[offset * k..(offset + 1) * k].contains(&(e as f32))
     }
 }
 

@@ -350,11 +350,15 @@ pub fn update_sites(sites: &mut [SiteState], acts: &[&[f32]], rows: &[Row], top:
     update_batches(sites, &batches, top);
 }
 
+/// One parallel job of a batch update: a run of units, the site's activations and width, its
+/// histogram bins, and the tokens those units see.
+type Job<'u, 'r, 'a> = (UnitsMut<'u>, &'r [f32], usize, HistSpec, &'r [Row<'a>]);
+
 /// `update_sites` where each site sees its own tokens ([`Rows`]): the expert neurons of a
 /// mixture-of-experts layer see only the tokens routed to their expert, and a routing state's
 /// unit (an expert) only its routed tokens. A row a unit does not see changes nothing of it.
 pub fn update_batches(sites: &mut [SiteState], batches: &[SiteBatch], top: &TopSpec) {
-    let mut jobs: Vec<(UnitsMut, &[f32], usize, HistSpec, &[Row])> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     for (site, b) in sites.iter_mut().zip(batches) {
         let (dim, spec) = (site.units, site.spec);
         match b.rows {
