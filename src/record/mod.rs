@@ -475,14 +475,14 @@ fn record_rows(
             .collect();
         update_batches(&mut state.sites, &batches, &top);
     })?;
-    let batches: Vec<SiteBatch> = routed
-        .iter()
-        .map(|r| SiteBatch {
-            acts: &r.weights,
-            rows: Rows::PerUnit(&r.per_expert),
-        })
-        .collect();
-    update_batches(&mut state.experts, &batches, &top);
+    for (i, x) in s.experts.iter().enumerate() {
+        let weights = cap.routing[i].weights(x, &rows, cap.n_rows)?;
+        let batch = SiteBatch {
+            acts: &weights,
+            rows: Rows::PerUnit(&routed[i].per_expert),
+        };
+        update_batches(std::slice::from_mut(&mut state.experts[i]), &[batch], &top);
+    }
     state.counts.tokens += rows.len() as u64;
     state.counts.windows += wins.len() as u64;
     Ok(())

@@ -95,12 +95,10 @@ pub struct Routing {
     pub weights: Vec<f32>,
 }
 
-/// A batch's tokens split by expert, for one MoE layer.
+/// A batch's tokens split by expert, for one MoE layer: the rows routed to each expert, in batch
+/// order.
 pub struct Routed<'a> {
-    /// The rows routed to each expert, in batch order.
     pub per_expert: Vec<Vec<Row<'a>>>,
-    /// [rows of the pass, experts]: the routing weight where routed (read only there).
-    pub weights: Vec<f32>,
 }
 
 impl Routing {
@@ -111,7 +109,35 @@ impl Routing {
         rows: &[Row<'a>],
         n_rows: usize,
     ) -> Result<Routed<'a>> {
+        self.check(x, n_rows)?;
+        let k = x.top_k;
+        let mut per_expert: Vec<Vec<Row>> = vec![Vec::new(); x.experts];
+        for row in rows {
+            for j in 0..k {
+                per_expert[self.expert(x, row.offset * k + j)?].push(*row);
+            }
+        }
+        Ok(Routed { per_expert })
+    }
+
+    /// [n_rows, experts]: the routing weight of each row's chosen experts, 0 elsewhere (only the
+    /// routed entries are ever read). Built one layer at a time, so that a large model's layers
+    /// never all hold one at once.
+    pub fn weights(&self, x: &ExpertLayer, rows: &[Row], n_rows: usize) -> Result<Vec<f32>> {
+        self.check(x, n_rows)?;
         let (e, k) = (x.experts, x.top_k);
+        let mut weights = vec![0f32; n_rows * e];
+        for row in rows {
+            for j in 0..k {
+                let i = row.offset * k + j;
+                weights[row.offset * e + self.expert(x, i)?] = self.weights[i];
+            }
+        }
+        Ok(weights)
+    }
+
+    fn check(&self, x: &ExpertLayer, n_rows: usize) -> Result<()> {
+        let k = x.top_k;
         if self.indices.len() != n_rows * k || self.weights.len() != n_rows * k {
             bail!(
                 "blocks.{}: routing of {} entries for {n_rows} rows × top-{k}",
@@ -119,27 +145,19 @@ impl Routing {
                 self.indices.len()
             );
         }
-        let mut per_expert: Vec<Vec<Row>> = vec![Vec::new(); e];
-        let mut weights = vec![0f32; n_rows * e];
-        for row in rows {
-            for j in 0..k {
-                let i = row.offset * k + j;
-                let ex = self.indices[i];
-                if !(ex >= 0.0 && (ex as usize) < e && ex.fract() == 0.0) {
-                    return Err(user_error(format!(
-                        "blocks.{}: expert index {ex} out of range (the layer has {e} experts)",
-                        x.layer
-                    )));
-                }
-                let ex = ex as usize;
-                weights[row.offset * e + ex] = self.weights[i];
-                per_expert[ex].push(*row);
-            }
+        Ok(())
+    }
+
+    /// The expert of routing entry `i`, checked against the layer's expert count.
+    fn expert(&self, x: &ExpertLayer, i: usize) -> Result<usize> {
+        let ex = self.indices[i];
+        if !(ex >= 0.0 && (ex as usize) < x.experts && ex.fract() == 0.0) {
+            return Err(user_error(format!(
+                "blocks.{}: expert index {ex} out of range (the layer has {} experts)",
+                x.layer, x.experts
+            )));
         }
-        Ok(Routed {
-            per_expert,
-            weights,
-        })
+        Ok(ex as usize)
     }
 
     /// Whether row `offset` was routed to expert `e` (top-k of `k`).
@@ -176,20 +194,18 @@ mod tests {
             })
             .collect();
         let s = r.split(&x, &rows, 3).unwrap();
+        let w = r.weights(&x, &rows, 3).unwrap();
         let offs = |e: usize| s.per_expert[e].iter().map(|r| r.offset).collect::<Vec<_>>();
         assert_eq!((offs(0), offs(1), offs(2)), (vec![0, 2], vec![2], vec![0]));
-        assert_eq!(s.weights[2], 0.7);
-        assert_eq!(s.weights[2 * 3], 0.55);
-        assert_eq!(
-            s.weights[3 + 1],
-            0.0,
-            "row 1 is padding: never read, left 0"
-        );
+        assert_eq!(w[2], 0.7);
+        assert_eq!(w[2 * 3], 0.55);
+        assert_eq!(w[3 + 1], 0.0, "row 1 is padding: never read, left 0");
         assert!(r.routed_to(1, 2, 1) && !r.routed_to(1, 2, 0));
         let bad = Routing {
             indices: vec![3.0, 0.0],
             weights: vec![0.5, 0.5],
         };
         assert!(bad.split(&x, &rows[..1], 1).is_err());
+        assert!(bad.weights(&x, &rows[..1], 1).is_err());
     }
 }
