@@ -596,6 +596,10 @@ fn the_api_serves_the_expert_map_and_pages() {
             "{bad}: {j}"
         );
     }
+    // an expert has no per-token contexts endpoint: a clear 404, not "bad neuron"
+    let (st, j) = get_json(addr, "/api/neuron/1.e3/contexts");
+    assert_eq!(st, 404);
+    assert!(j["error"].as_str().unwrap().contains("is an expert"), "{j}");
     // the pages and the script behind them
     for page in ["/experts", "/expert/1.e3", "/"] {
         let (st, html) = get(addr, page);

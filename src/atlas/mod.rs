@@ -114,11 +114,13 @@ impl Atlas {
                 "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
             ))
         };
-        let (site, unit) = spec
-            .parse::<UnitId>()
-            .ok()
-            .and_then(|u| u.as_hook())
-            .ok_or_else(bad)?;
+        let id = spec.parse::<UnitId>().map_err(|_| bad())?;
+        if let UnitId::Expert { .. } = id {
+            return Err(user_error(format!(
+                "`{spec}` is an expert, not a unit of a hook point (`ftri show --neuron {spec}` shows it; its neurons are blocks.L.mlp.experts.E.hook_post:N)"
+            )));
+        }
+        let (site, unit) = id.as_hook().ok_or_else(bad)?;
         let site = site.to_string();
         let si = self
             .manifest
