@@ -217,6 +217,7 @@ fn switching_off_the_planted_expert_removes_its_effect_unlike_any_other_expert()
             &LesionRequest {
                 neurons: vec![],
                 experts,
+                heads: vec![],
                 op: OpSpec::parse("zero").unwrap(),
                 positions: None,
                 eval: eval.clone(),

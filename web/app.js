@@ -503,15 +503,19 @@ async function main() {
   badge.textContent = INFO.loaded_model ? `model: ${INFO.loaded_model}` : "atlas only";
   badge.title = INFO.atlas;
   const p = location.pathname;
-  const navKey = p.startsWith("/search") ? "search" : p.startsWith("/localize") ? "localize" : p === "/neuro" ? "neuro" : p === "/" ? "overview" : "";
-  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === navKey));
+  const navKey = p.startsWith("/search") ? "search" : p.startsWith("/localize") ? "localize" : p === "/neuro" ? "neuro" : p === "/patch" ? "patch" : p === "/" ? "overview" : "";
+  const navExperts = p === "/experts" || p.startsWith("/expert/"); // experts.js
+  expertsNav(); // experts.js
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === navKey || (navExperts && a.dataset.nav === "experts")));
   try {
-    if (p === "/") await overview();
+    if (p === "/") { await overview(); await expertsOverview(); }
     else if (p.startsWith("/neuron/")) await neuronPage(decodeURIComponent(p.slice("/neuron/".length))).then(() => typeof headPatterns === "function" && headPatterns(decodeURIComponent(p.slice("/neuron/".length))));
     else if (p === "/search") await searchPage();
     else if (p === "/localize") localizePage();
     else if (p === "/neuro") neuroPage();
     else if (p === "/patch") patchPage();
+    else if (p === "/experts") await expertMapPage(); // experts.js
+    else if (p.startsWith("/expert/")) await expertPage(decodeURIComponent(p.slice("/expert/".length))); // experts.js
     else $app.replaceChildren(el("h1", {}, "Not found"));
   } catch (e) { $app.append(errorBox(e)); }
   document.body.dataset.ready = "1";

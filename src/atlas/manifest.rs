@@ -1,8 +1,9 @@
 //! `manifest.json`: what an atlas recorded and how — the model (hashes, weights fingerprint,
 //! dtype), the corpus files, the settings, the sites and their histogram ranges, the shard, the
-//! counters — and the one rule for which atlases may be merged or resumed together.
+//! counters, the mixture-of-experts layers — and the one rule for which atlases may be merged or resumed together.
 
 use crate::corpus::CorpusFile;
+use crate::record::routing::ExpertLayer;
 use crate::record::state::HistSpec;
 use crate::record::{Counters, RecordState, Recording};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,10 @@ pub struct Manifest {
     pub corpus: CorpusInfo,
     pub settings: Recording,
     pub sites: Vec<SiteInfo>,
+    /// The mixture-of-experts layers whose routing was recorded (`blocks.L.mlp.experts.*`
+    /// tensors; see `record::routing`). Absent for dense models and in atlases from before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<ExpertLayer>,
     pub shard: Option<Shard>,
     /// Tokens, documents and windows read, documents skipped, and where the next one starts.
     #[serde(flatten)]
@@ -120,6 +125,9 @@ impl Manifest {
         };
         if names(self) != names(other) {
             return Some("different hook points".into());
+        }
+        if self.experts != other.experts {
+            return Some("different mixture-of-experts layers".into());
         }
         // Everything but the histogram ranges, which are compared per site below.
         let rest = |s: &Recording| Recording {

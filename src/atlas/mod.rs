@@ -3,8 +3,9 @@
 //!
 //! `manifest` says what was recorded, `layout` where each tensor lives, `write` and `merge` make
 //! atlases, this module reads them (a unit's record in microseconds, whole columns, the state to
-//! resume from), `view` and `summary` are what people read.
+//! resume from), `view`, `experts` and `summary` are what people read.
 
+pub mod experts;
 pub mod layout;
 pub mod manifest;
 mod merge;
@@ -113,16 +114,22 @@ impl Atlas {
                 "bad neuron `{spec}` (use L.N for mlp.hook_post neurons, L.hH for a head of a recorded attn.hook_z, or HOOK:N, e.g. blocks.3.hook_resid_post:17)"
             ))
         };
-        let (site, unit) = match spec.parse::<UnitId>().ok() {
+        let id = spec.parse::<UnitId>().map_err(|_| bad())?;
+        let (site, unit) = match id {
+            UnitId::Expert { .. } => {
+                return Err(user_error(format!(
+                    "`{spec}` is an expert, not a unit of a hook point (`ftri show --neuron {spec}` shows it; its neurons are blocks.L.mlp.experts.E.hook_post:N)"
+                )))
+            }
             // a head is unit H of its layer's recorded hook_z (reduced to head norms)
-            Some(UnitId::Head { layer, head }) => (
+            UnitId::Head { layer, head } => (
                 crate::model::Site::Block(
                     layer,
                     crate::model::SiteKind::Attn(crate::model::AttnHook::Z),
                 ),
                 head,
             ),
-            u => u.and_then(|u| u.as_hook()).ok_or_else(bad)?,
+            u => u.as_hook().ok_or_else(bad)?,
         };
         let site = site.to_string();
         let si = self
@@ -190,10 +197,22 @@ impl Atlas {
     /// One unit's statistics and top examples: reads a few bytes from the mapped files.
     pub fn unit(&self, site: usize, u: usize) -> Result<UnitRecord> {
         let SiteInfo { name, units, .. } = &self.manifest.sites[site];
-        let n = *units;
+        self.read_unit(name, *units, self.hist_spec(site), u)
+    }
+
+    /// Expert `e` of the routing state `xi` (`manifest.experts[xi]`): tokens routed to it (count),
+    /// their routing weights (mean, var, min, max, hist) and the tokens routed with the highest
+    /// weight (top, with `activation` = the weight).
+    pub fn expert(&self, xi: usize, e: usize) -> Result<UnitRecord> {
+        let x = &self.manifest.experts[xi];
+        let spec = crate::record::routing::weight_hist(self.manifest.settings.hist.bins);
+        self.read_unit(&x.name(), x.experts, spec, e)
+    }
+
+    /// Unit `u` of the `n` units stored under `name` (a hook point or a routing state).
+    fn read_unit(&self, name: &str, n: usize, hist_spec: HistSpec, u: usize) -> Result<UnitRecord> {
         let st = &self.manifest.settings;
         let top = st.top();
-        let hist_spec = self.hist_spec(site);
         let (k, l, slots) = (top.k, top.ctx_len(), hist_spec.slots());
         let count = self
             .stats
@@ -223,7 +242,7 @@ impl Atlas {
             })
             .collect();
         Ok(UnitRecord {
-            site: name.clone(),
+            site: name.to_string(),
             unit: u,
             hist_spec,
             count,
@@ -289,58 +308,116 @@ impl Atlas {
 
     /// The whole recorded state, for merging or resuming.
     pub fn load_state(&self) -> Result<RecordState> {
-        let st = &self.manifest.settings;
-        let top = st.top();
-        let (k, l) = (top.k, top.ctx_len());
         let m = &self.manifest;
         let mut sites = Vec::new();
         for (si, info) in m.sites.iter().enumerate() {
-            let (n, name) = (info.units, &info.name);
-            let spec = self.hist_spec(si);
-            let slots = spec.slots();
-            let count: Vec<u64> = self
-                .stats
-                .read_all::<i64>(&Field::Count.key(name), &[n])?
-                .into_iter()
-                .map(|c| c as u64)
-                .collect();
-            let var = self.stats.read_all::<f64>(&Field::Var.key(name), &[n])?;
-            let m2 = count
-                .iter()
-                .zip(&var)
-                .map(|(&c, &v)| v * c as f64)
-                .collect();
-            sites.push(SiteState {
-                name: name.clone(),
-                units: n,
-                spec,
-                mean: self.stats.read_all(&Field::Mean.key(name), &[n])?,
-                m2,
-                count,
-                min: self.stats.read_all(&Field::Min.key(name), &[n])?,
-                max: self.stats.read_all(&Field::Max.key(name), &[n])?,
-                fire: self
-                    .stats
-                    .read_all::<i64>(&Field::Fire.key(name), &[n])?
-                    .into_iter()
-                    .map(|c| c as u64)
-                    .collect(),
-                hist: self
-                    .stats
-                    .read_all::<i64>(&Field::Hist.key(name), &[n, slots])?
-                    .into_iter()
-                    .map(|c| c as u64)
-                    .collect(),
-                top_act: self.topk.read_all(&Field::TopAct.key(name), &[n, k])?,
-                top_doc: self.topk.read_all(&Field::TopDoc.key(name), &[n, k])?,
-                top_pos: self.topk.read_all(&Field::TopPos.key(name), &[n, k])?,
-                top_ctx: self.topk.read_all(&Field::TopCtx.key(name), &[n, k, l])?,
-            });
+            sites.push(self.load_site(&info.name, info.units, self.hist_spec(si))?);
+        }
+        let weights = crate::record::routing::weight_hist(m.settings.hist.bins);
+        let mut experts = Vec::new();
+        for x in &m.experts {
+            experts.push(self.load_site(&x.name(), x.experts, weights)?);
         }
         Ok(RecordState {
             sites,
+            experts,
             counts: m.counts,
         })
+    }
+
+    /// The state of the `n` units stored under `name`.
+    fn load_site(&self, name: &str, n: usize, spec: HistSpec) -> Result<SiteState> {
+        let top = self.manifest.settings.top();
+        let (k, l) = (top.k, top.ctx_len());
+        let slots = spec.slots();
+        let count: Vec<u64> = self
+            .stats
+            .read_all::<i64>(&Field::Count.key(name), &[n])?
+            .into_iter()
+            .map(|c| c as u64)
+            .collect();
+        let var = self.stats.read_all::<f64>(&Field::Var.key(name), &[n])?;
+        let m2 = count
+            .iter()
+            .zip(&var)
+            .map(|(&c, &v)| v * c as f64)
+            .collect();
+        Ok(SiteState {
+            name: name.to_string(),
+            units: n,
+            spec,
+            mean: self.stats.read_all(&Field::Mean.key(name), &[n])?,
+            m2,
+            count,
+            min: self.stats.read_all(&Field::Min.key(name), &[n])?,
+            max: self.stats.read_all(&Field::Max.key(name), &[n])?,
+            fire: self
+                .stats
+                .read_all::<i64>(&Field::Fire.key(name), &[n])?
+                .into_iter()
+                .map(|c| c as u64)
+                .collect(),
+            hist: self
+                .stats
+                .read_all::<i64>(&Field::Hist.key(name), &[n, slots])?
+                .into_iter()
+                .map(|c| c as u64)
+                .collect(),
+            top_act: self.topk.read_all(&Field::TopAct.key(name), &[n, k])?,
+            top_doc: self.topk.read_all(&Field::TopDoc.key(name), &[n, k])?,
+            top_pos: self.topk.read_all(&Field::TopPos.key(name), &[n, k])?,
+            top_ctx: self.topk.read_all(&Field::TopCtx.key(name), &[n, k, l])?,
+        })
+    }
+
+    /// Resolve an expert id `L.eE` to (index in `manifest.experts`, expert).
+    pub fn resolve_expert(&self, spec: &str) -> Result<(usize, usize)> {
+        let Ok(UnitId::Expert { layer, expert }) = spec.parse::<UnitId>() else {
+            return Err(user_error(format!(
+                "bad expert `{spec}` (use L.eE, e.g. 3.e5: expert 5 of layer 3)"
+            )));
+        };
+        let m = &self.manifest;
+        if m.experts.is_empty() {
+            return Err(user_error(format!(
+                "{}: `{spec}` is an expert, but this atlas has no experts (recorded on the dense {} model {})",
+                self.dir.display(),
+                m.model.arch,
+                m.model.id
+            )));
+        }
+        let xi = m.experts.iter().position(|x| x.layer == layer).ok_or_else(|| {
+            let layers: Vec<String> = m.experts.iter().map(|x| x.layer.to_string()).collect();
+            user_error(format!(
+                "`{spec}`: layer {layer} has no experts in this atlas (mixture-of-experts layers: {})",
+                layers.join(", ")
+            ))
+        })?;
+        let n = m.experts[xi].experts;
+        if expert >= n {
+            return Err(user_error(format!(
+                "`{spec}`: expert {expert} out of range (layer {layer} has {n} experts, numbered from 0)"
+            )));
+        }
+        Ok((xi, expert))
+    }
+
+    /// Tokens routed to each expert of routing state `xi`.
+    pub fn expert_counts(&self, xi: usize) -> Result<Vec<u64>> {
+        let x = &self.manifest.experts[xi];
+        Ok(self
+            .stats
+            .read_all::<i64>(&Field::Count.key(&x.name()), &[x.experts])?
+            .into_iter()
+            .map(|c| c as u64)
+            .collect())
+    }
+
+    /// Mean routing weight (over routed tokens) of each expert of routing state `xi`.
+    pub fn expert_mean_weights(&self, xi: usize) -> Result<Vec<f64>> {
+        let x = &self.manifest.experts[xi];
+        self.stats
+            .read_all::<f64>(&Field::Mean.key(&x.name()), &[x.experts])
     }
 }
 

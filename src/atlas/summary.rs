@@ -1,4 +1,5 @@
-//! Per-site summary of an atlas: fire rates, dead units, the most selective units. `ftri atlas`
+//! Per-site summary of an atlas: fire rates, dead units, the most selective units, and the
+//! experts' routing per mixture-of-experts layer. `ftri atlas`
 //! prints it and the server's `/api/layers` serializes it. Also the lookup timing behind
 //! `ftri atlas --lookups`.
 
@@ -36,6 +37,9 @@ pub struct AtlasSummary {
     pub top_k: usize,
     pub shard: Option<Shard>,
     pub sites: Vec<SiteSummary>,
+    /// Per mixture-of-experts layer: routing rates, most and least used expert, load balance.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<super::experts::ExpertLayerSummary>,
 }
 
 pub fn summary(a: &Atlas, top: usize) -> Result<AtlasSummary> {
@@ -79,6 +83,7 @@ pub fn summary(a: &Atlas, top: usize) -> Result<AtlasSummary> {
         top_k: m.settings.top_k,
         shard: m.shard.clone(),
         sites,
+        experts: super::experts::experts_summary(a)?,
     })
 }
 

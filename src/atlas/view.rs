@@ -42,13 +42,23 @@ pub struct UnitView {
     pub top: Vec<Example>,
 }
 
-/// The view of unit record `r` of atlas `a`; contexts rendered with `tok` (the atlas's tokenizer).
-pub fn unit_view(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> UnitView {
+impl Histogram {
+    /// The histogram of unit record `r`, split into its bins and tails.
+    pub fn of(r: &UnitRecord) -> Self {
+        let n = r.hist.len();
+        Histogram {
+            edges: r.hist_spec.edges(),
+            counts: r.hist[1..n - 1].to_vec(),
+            underflow: r.hist[0],
+            overflow: r.hist[n - 1],
+        }
+    }
+}
+
+/// The top examples of unit record `r`, their contexts rendered with `tok`.
+pub fn examples(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> Vec<Example> {
     let before = a.manifest.settings.context_before;
-    let hist = &r.hist_spec;
-    let n = r.hist.len();
-    let top = r
-        .top
+    r.top
         .iter()
         .map(|e| {
             let texts = token_texts(tok, &e.context);
@@ -62,7 +72,11 @@ pub fn unit_view(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> UnitView
                 context_ids: e.context.clone(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The view of unit record `r` of atlas `a`; contexts rendered with `tok` (the atlas's tokenizer).
+pub fn unit_view(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> UnitView {
     UnitView {
         neuron: unit_name(&r.site, r.unit),
         site: r.site.clone(),
@@ -77,12 +91,7 @@ pub fn unit_view(a: &Atlas, r: &UnitRecord, tok: Option<&Tokenizer>) -> UnitView
         } else {
             r.fire as f64 / r.count as f64
         },
-        histogram: Histogram {
-            edges: hist.edges(),
-            counts: r.hist[1..n - 1].to_vec(),
-            underflow: r.hist[0],
-            overflow: r.hist[n - 1],
-        },
-        top,
+        histogram: Histogram::of(r),
+        top: examples(a, r, tok),
     }
 }

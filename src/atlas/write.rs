@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 fn stats_tensors(state: &RecordState) -> Vec<(String, Raw)> {
     let mut t = Vec::new();
-    // The shared edges, as format 1 wrote them, when every site has the same range.
+    // The shared edges, as format 1 wrote them, when every site has the same range (routing
+    // states, `blocks.L.mlp.experts`, have their own fixed [0, 1] and their own edges).
     if let Some(first) = state.sites.first() {
         if state.sites.iter().all(|s| s.spec == first.spec) {
             let h = first.spec;
@@ -22,7 +23,7 @@ fn stats_tensors(state: &RecordState) -> Vec<(String, Raw)> {
             ));
         }
     }
-    for s in &state.sites {
+    for s in state.sites.iter().chain(&state.experts) {
         let hist = &s.spec;
         let u = s.units;
         let count: Vec<i64> = s.count.iter().map(|&c| c as i64).collect();
@@ -47,7 +48,7 @@ fn stats_tensors(state: &RecordState) -> Vec<(String, Raw)> {
 
 fn topk_tensors(state: &RecordState, top: &TopSpec) -> Vec<(String, Raw)> {
     let mut t = Vec::new();
-    for s in &state.sites {
+    for s in state.sites.iter().chain(&state.experts) {
         let (u, k, n) = (s.units, top.k, &s.name);
         t.push((Field::TopAct.key(n), Raw::new(&s.top_act, &[u, k])));
         t.push((Field::TopDoc.key(n), Raw::new(&s.top_doc, &[u, k])));

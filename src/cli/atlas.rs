@@ -1,4 +1,5 @@
-//! `ftri atlas`: per-layer summary of an atlas — fire rates, dead units, most selective units.
+//! `ftri atlas`: per-layer summary of an atlas — fire rates, dead units, most selective units, and
+//! for mixture-of-experts atlases each layer's routing (most/least used expert, load balance).
 
 use crate::atlas::summary::{summary, time_lookups};
 use crate::atlas::Atlas;
@@ -58,6 +59,32 @@ pub fn run(a: AtlasArgs) -> Result<()> {
             s.dead,
             sel.join(", ")
         );
+    }
+    if !j.experts.is_empty() {
+        println!(
+            "{:<28} {:>7} {:>5}  {:<18} {:<18} {:>6} {:>7} {:>8}",
+            "experts (routing rate)",
+            "experts",
+            "top-k",
+            "most used",
+            "least used",
+            "unused",
+            "balance",
+            "max/mean"
+        );
+        for x in &j.experts {
+            println!(
+                "{:<28} {:>7} {:>5}  {:<18} {:<18} {:>6} {:>7.3} {:>8.2}",
+                format!("blocks.{}.mlp.experts", x.layer),
+                x.experts,
+                x.top_k,
+                format!("{} ({:.3})", x.most_used.expert, x.most_used.rate),
+                format!("{} ({:.3})", x.least_used.expert, x.least_used.rate),
+                x.unused,
+                x.balance,
+                x.max_over_mean
+            );
+        }
     }
     Ok(())
 }

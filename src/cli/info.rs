@@ -13,10 +13,28 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
+/// The model's MLP neurons, by kind: (dense layers' `mlp.hook_post`, experts' `mlp.experts.E.hook_post`,
+/// the shared expert's `mlp.shared_expert.hook_post`), summed over layers.
+pub fn neuron_counts(m: &Model) -> (usize, usize, usize) {
+    let (mut dense, mut experts, mut shared) = (0, 0, 0);
+    for b in &m.net.blocks {
+        match &b.moe {
+            None => dense += m.cfg.d_mlp,
+            Some(moe) => {
+                experts += moe.n_experts() * moe.d_expert();
+                shared += moe.shared.as_ref().map_or(0, |s| s.mlp.d_expert());
+            }
+        }
+    }
+    (dense, experts, shared)
+}
+
 pub fn info_json(m: &Model) -> serde_json::Value {
     let c = &m.cfg;
     let mut j = info_json_dense(m);
     if let Some(moe) = &c.moe {
+        let (dense, experts, shared) = neuron_counts(m);
+        j["total_neurons"] = json!(dense + experts + shared);
         j["moe"] = json!({
             "experts": moe.n_experts,
             "top_k": moe.top_k,
@@ -24,6 +42,9 @@ pub fn info_json(m: &Model) -> serde_json::Value {
             "norm_topk_prob": moe.norm_topk_prob,
             "shared_expert": moe.shared_expert,
             "moe_layers": (0..c.n_layers).filter(|&l| c.is_moe_layer(l)).collect::<Vec<_>>(),
+            "dense_neurons": dense,
+            "expert_neurons": experts,
+            "shared_expert_neurons": shared,
         });
     }
     j
@@ -63,8 +84,31 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("architecture  {}", c.arch.name());
     println!("layers        {}", c.n_layers);
     println!("d_model       {}", c.d_model);
-    println!("d_mlp         {} neurons per layer", c.d_mlp);
-    println!("neurons       {} in all", c.d_mlp * c.n_layers);
+    if c.moe.is_some() {
+        // the dense layers' MLP width; each MoE layer's neurons are its experts'
+        let (dense, experts, shared) = neuron_counts(&m);
+        if dense > 0 {
+            println!("d_mlp         {} neurons per dense layer", c.d_mlp);
+        }
+        println!(
+            "neurons       {} in all: {} in experts{}{}",
+            dense + experts + shared,
+            experts,
+            if shared > 0 {
+                format!(", {shared} in shared experts")
+            } else {
+                String::new()
+            },
+            if dense > 0 {
+                format!(", {dense} in dense layers")
+            } else {
+                String::new()
+            }
+        );
+    } else {
+        println!("d_mlp         {} neurons per layer", c.d_mlp);
+        println!("neurons       {} in all", c.d_mlp * c.n_layers);
+    }
     println!(
         "heads         {} ({} key/value), head_dim {}",
         c.n_heads, c.n_kv_heads, c.head_dim

@@ -73,6 +73,9 @@ pub fn run(a: RecordArgs) -> Result<()> {
         "{} tokens from {} documents ({} windows) over {} units of {} hook points in {:.1} s: {:.0} tokens/s, peak RSS {:.0} MiB",
         s.tokens, s.docs, s.windows, s.units, s.sites, s.seconds, s.tokens_per_s, s.peak_rss_mib
     );
+    if s.experts > 0 {
+        eprintln!("and the routing of {} experts", s.experts);
+    }
     if s.skipped_empty + s.skipped_not_utf8 > 0 {
         eprintln!(
             "skipped {} empty and {} non-UTF-8 documents",

@@ -1,8 +1,10 @@
-//! `ftri show`: one unit of an atlas — statistics and top examples in context.
+//! `ftri show`: one unit of an atlas — statistics and top examples in context — or one expert of
+//! a mixture-of-experts atlas (`L.eE`): its routing and the tokens routed to it.
 
+use crate::atlas::experts::expert_view;
 use crate::atlas::view::unit_view;
 use crate::atlas::Atlas;
-use crate::model::Tokenizer;
+use crate::model::{Tokenizer, UnitId};
 use crate::output::print_json;
 use anyhow::Result;
 use clap::Args;
@@ -13,7 +15,8 @@ pub struct ShowArgs {
     /// Atlas folder written by `ftri record` or `ftri merge`
     #[arg(long)]
     pub atlas: PathBuf,
-    /// L.N (neuron N of blocks.L.mlp.hook_post) or HOOK:N for other hook points
+    /// L.N (neuron N of blocks.L.mlp.hook_post), HOOK:N for other hook points, or L.eE for
+    /// expert E of layer L (mixture-of-experts atlases)
     #[arg(long)]
     pub neuron: String,
     #[arg(long)]
@@ -37,11 +40,14 @@ fn sparkline(counts: &[u64]) -> String {
 
 pub fn run(a: ShowArgs) -> Result<()> {
     let atlas = Atlas::open(&a.atlas)?;
-    let (si, u) = atlas.resolve(&a.neuron)?;
-    let r = atlas.unit(si, u)?;
     let tok = atlas
         .tokenizer_path()
         .and_then(|p| Tokenizer::from_file(&p).ok());
+    if let Ok(UnitId::Expert { .. }) = a.neuron.parse::<UnitId>() {
+        return show_expert(&atlas, &a, tok.as_ref());
+    }
+    let (si, u) = atlas.resolve(&a.neuron)?;
+    let r = atlas.unit(si, u)?;
     let v = unit_view(&atlas, &r, tok.as_ref());
     if a.json {
         return print_json(&v);
@@ -67,6 +73,55 @@ pub fn run(a: ShowArgs) -> Result<()> {
         r.hist[n - 1]
     );
     println!("  top {} examples:", r.top.len());
+    for (i, t) in v.top.iter().enumerate() {
+        println!(
+            "  {:>3}. {:>9.4}  doc {} pos {} {}",
+            i + 1,
+            t.activation,
+            t.doc,
+            t.pos,
+            t.context.replace('\n', "⏎")
+        );
+    }
+    Ok(())
+}
+
+/// `--neuron L.eE`: an expert's routing and the tokens routed to it with the highest weight.
+fn show_expert(atlas: &Atlas, a: &ShowArgs, tok: Option<&Tokenizer>) -> Result<()> {
+    let (xi, e) = atlas.resolve_expert(&a.neuron)?;
+    let r = atlas.expert(xi, e)?;
+    let v = expert_view(atlas, xi, e, &r, tok);
+    if a.json {
+        return print_json(&v);
+    }
+    println!(
+        "expert {} (layer {}, expert {} of {}, top-{})",
+        v.expert, v.layer, v.index, v.experts, v.top_k
+    );
+    println!(
+        "  routed {} of {} tokens  rate {:.4} (even share {:.4})  weight mean {:.4}  std {:.4}  min {}  max {}",
+        v.count,
+        v.tokens,
+        v.rate,
+        v.even_rate,
+        v.mean_weight,
+        v.std_weight,
+        v.min_weight.map_or("–".into(), |x| format!("{x:.4}")),
+        v.max_weight.map_or("–".into(), |x| format!("{x:.4}")),
+    );
+    let n = r.hist.len();
+    println!(
+        "  weight histogram [0, 1): |{}| {} at 1",
+        sparkline(&r.hist[1..n - 1]),
+        r.hist[n - 1]
+    );
+    if let Some(nr) = &v.neurons {
+        println!(
+            "  neurons: {} ({} units, e.g. {})",
+            nr.site, nr.units, nr.first
+        );
+    }
+    println!("  top {} tokens by routing weight:", v.top.len());
     for (i, t) in v.top.iter().enumerate() {
         println!(
             "  {:>3}. {:>9.4}  doc {} pos {} {}",

@@ -1,7 +1,9 @@
 //! Per-site histogram ranges (`Recording::hist_auto`): chosen from the activations of the
 //! corpus's first `CALIBRATION_WINDOWS` windows, and those activations kept (when one batch holds
-//! them) so that the main loop records them instead of running them again.
+//! them) so that the main loop records them instead of running them again. An expert's hook
+//! points take their range from the tokens routed to it, as they are recorded.
 
+use super::routing::expert_of;
 use super::state::HistSpec;
 use super::{
     forward, in_shard, longest_first, record_rows, Captured, Pending, RecordState, Settings,
@@ -128,11 +130,21 @@ pub(super) fn calibrate(
         cap.with_slices(|acts| {
             for (si, a) in acts.iter().enumerate() {
                 let dim = state.sites[si].units;
+                // an expert's hook points count only where the expert ran (see `routing`)
+                let routed = expert_of(s.sites[si]).and_then(|(l, e)| {
+                    let i = s.experts.iter().position(|x| x.layer == l)?;
+                    Some((&cap.routing[i], s.experts[i].top_k, e))
+                });
                 for (bi, w) in chunk.iter().enumerate() {
-                    let rows = &a[bi * cap.t_len * dim..][..w.len * dim];
-                    let (l, h) = finite_range(rows);
-                    lo[si] = lo[si].min(l);
-                    hi[si] = hi[si].max(h);
+                    let first = bi * cap.t_len;
+                    for t in 0..w.len {
+                        if routed.is_some_and(|(r, k, e)| !r.routed_to(first + t, k, e)) {
+                            continue;
+                        }
+                        let (l, h) = finite_range(&a[(first + t) * dim..][..dim]);
+                        lo[si] = lo[si].min(l);
+                        hi[si] = hi[si].max(h);
+                    }
                 }
             }
         })?;

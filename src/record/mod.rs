@@ -8,8 +8,11 @@
 //! Invariants: every token of every recorded document is folded in exactly once; which windows
 //! share a forward pass, the batch size and the thread count change nothing but float summation
 //! order; at each checkpoint every document below `next_doc` is fully recorded and none above.
+//! On a mixture-of-experts model every MoE layer's routing is recorded too, and an expert's hook
+//! points are recorded only at the tokens routed to it (`routing`).
 
 mod calibrate;
+pub mod routing;
 pub mod session;
 pub mod state;
 pub mod update;
@@ -19,11 +22,12 @@ use crate::model::{AttnHook, HookSet, Model, Site, SiteKind};
 use anyhow::{anyhow, Result};
 use calibrate::{calibrate, Ahead, Stash};
 use candle_core::{CpuStorage, DType, Storage};
+use routing::{ExpertLayer, Routing};
 use state::{HistSpec, SiteState, TopSpec};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use update::{update_sites, Row};
+use update::{update_batches, Row, Rows, SiteBatch};
 
 pub use calibrate::CALIBRATION_WINDOWS;
 
@@ -82,12 +86,16 @@ pub struct Settings {
     /// Token ids never offered as top examples (the special tokens, unless kept on request);
     /// their activations still count in every statistic.
     pub not_examples: std::collections::HashSet<u32>,
+    /// The model's mixture-of-experts layers, whose routing is recorded (`routing`).
+    pub experts: Vec<ExpertLayer>,
 }
 
 /// Everything recorded so far, and where in the corpus the next document starts.
 #[derive(Debug, Clone)]
 pub struct RecordState {
     pub sites: Vec<SiteState>,
+    /// One routing state per mixture-of-experts layer (`routing`); empty for dense models.
+    pub experts: Vec<SiteState>,
     pub counts: Counters,
 }
 
@@ -117,11 +125,21 @@ impl Counters {
 }
 
 impl RecordState {
-    pub fn new(sites: &[(String, usize)], hist: &HistSpec, top: &TopSpec) -> Self {
+    pub fn new(
+        sites: &[(String, usize)],
+        experts: &[ExpertLayer],
+        hist: &HistSpec,
+        top: &TopSpec,
+    ) -> Self {
+        let weights = routing::weight_hist(hist.bins);
         Self {
             sites: sites
                 .iter()
                 .map(|(n, u)| SiteState::new(n.clone(), *u, hist, top))
+                .collect(),
+            experts: experts
+                .iter()
+                .map(|x| SiteState::new(x.name(), x.experts, &weights, top))
                 .collect(),
             counts: Counters::default(),
         }
@@ -130,6 +148,9 @@ impl RecordState {
     /// Fold in a state recorded over other documents of the same corpus.
     pub fn merge(&mut self, other: &RecordState, top: &TopSpec) {
         for (a, b) in self.sites.iter_mut().zip(&other.sites) {
+            a.merge(b, top);
+        }
+        for (a, b) in self.experts.iter_mut().zip(&other.experts) {
             a.merge(b, top);
         }
         self.counts.add(&other.counts);
@@ -323,6 +344,10 @@ pub fn run(
 struct Captured {
     sites: Vec<candle_core::Tensor>,
     t_len: usize,
+    /// Rows of the pass (batch × t_len).
+    n_rows: usize,
+    /// Per `Settings::experts` layer: the pass's routing.
+    routing: Vec<Routing>,
 }
 
 impl Captured {
@@ -371,8 +396,30 @@ fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
         .map(|w| w.tokens[w.start..w.start + w.len].to_vec())
         .collect();
     let b = model.batch(&seqs)?;
-    let mut hooks = HookSet::capturing(s.sites.iter().copied());
+    let routing_sites = |x: &ExpertLayer| {
+        [SiteKind::ExpertIndices, SiteKind::ExpertWeights].map(|k| Site::Block(x.layer, k))
+    };
+    let mut hooks = HookSet::capturing(
+        s.sites
+            .iter()
+            .copied()
+            .chain(s.experts.iter().flat_map(routing_sites)),
+    );
     model.forward(&b, &mut hooks)?;
+    // read (not taken) first: the user may record these hook points too
+    let mut routing = Vec::with_capacity(s.experts.len());
+    for x in &s.experts {
+        let [idx, w] = routing_sites(x).map(|site| {
+            hooks
+                .get(site)
+                .ok_or_else(|| anyhow!("hook {site} was not reached"))
+                .and_then(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+        });
+        routing.push(Routing {
+            indices: idx?,
+            weights: w?,
+        });
+    }
     let mut sites = Vec::with_capacity(s.sites.len());
     let mut t_len = 0;
     for site in &s.sites {
@@ -383,7 +430,12 @@ fn forward(model: &Model, s: &Settings, batch: &[Pending]) -> Result<Captured> {
         t_len = x.dims3()?.1;
         sites.push(x);
     }
-    Ok(Captured { sites, t_len })
+    Ok(Captured {
+        sites,
+        t_len,
+        n_rows: seqs.len() * t_len,
+        routing,
+    })
 }
 
 /// Fold the windows `wins` (each with its index in the forward pass that produced `cap`) into
@@ -406,7 +458,45 @@ fn record_rows(
             });
         }
     }
-    cap.with_slices(|acts| update_sites(&mut state.sites, acts, &rows, &s.recorded.top()))?;
+    let top = s.recorded.top();
+    let routed = s
+        .experts
+        .iter()
+        .zip(&cap.routing)
+        .map(|(x, r)| r.split(x, &rows, cap.n_rows))
+        .collect::<Result<Vec<_>>>()?;
+    // an expert's hook points see only the tokens routed to it
+    let site_rows: Vec<&[Row]> = s
+        .sites
+        .iter()
+        .map(|&site| match routing::expert_of(site) {
+            Some((l, e)) => s
+                .experts
+                .iter()
+                .position(|x| x.layer == l)
+                .map_or(&rows[..0], |i| &routed[i].per_expert[e][..]),
+            None => &rows[..],
+        })
+        .collect();
+    cap.with_slices(|acts| {
+        let batches: Vec<SiteBatch> = acts
+            .iter()
+            .zip(&site_rows)
+            .map(|(&acts, &rows)| SiteBatch {
+                acts,
+                rows: Rows::All(rows),
+            })
+            .collect();
+        update_batches(&mut state.sites, &batches, &top);
+    })?;
+    for (i, x) in s.experts.iter().enumerate() {
+        let weights = cap.routing[i].weights(x, &rows, cap.n_rows)?;
+        let batch = SiteBatch {
+            acts: &weights,
+            rows: Rows::PerUnit(&routed[i].per_expert),
+        };
+        update_batches(std::slice::from_mut(&mut state.experts[i]), &[batch], &top);
+    }
     state.counts.tokens += rows.len() as u64;
     state.counts.windows += wins.len() as u64;
     Ok(())

@@ -7,6 +7,7 @@
 //! [`RecordSession::prepare`] checks the settings and opens the corpus, [`RecordSession::run`]
 //! records with a model. What happens along the way reaches the caller as [`Event`]s.
 
+use super::routing::{self, ExpertLayer};
 use super::state::{HistSpec, TopSpec};
 use super::{Outcome, RecordState, Recording, Settings};
 use crate::atlas::{self, Atlas, CorpusInfo, Manifest, ModelInfo, Shard, SiteInfo};
@@ -28,7 +29,8 @@ pub struct RecordSettings {
     /// The text field of JSONL records / text column of Parquet files
     #[arg(long, default_value = "text")]
     pub text_field: String,
-    /// Hook points to record (globs over TransformerLens names)
+    /// Hook points to record (globs over TransformerLens names); the default on a
+    /// mixture-of-experts model also records the experts' neurons
     #[arg(long, default_value = "blocks.*.mlp.hook_post")]
     pub sites: String,
     /// Examples kept per unit
@@ -80,7 +82,7 @@ impl Default for RecordSettings {
     fn default() -> Self {
         Self {
             text_field: "text".into(),
-            sites: "blocks.*.mlp.hook_post".into(),
+            sites: routing::DEFAULT_SITES.into(),
             top_k: 20,
             ctx: None,
             batch: 8,
@@ -158,6 +160,8 @@ pub struct RecordSummary {
     pub skipped_not_utf8: u64,
     pub sites: usize,
     pub units: usize,
+    /// Experts whose routing was recorded (all mixture-of-experts layers; 0 for dense models).
+    pub experts: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
@@ -246,7 +250,13 @@ impl RecordSession {
         }
     }
 
-    fn manifest(&self, m: &Model, ctx: usize, sites: &[SiteInfo]) -> Result<Manifest> {
+    fn manifest(
+        &self,
+        m: &Model,
+        ctx: usize,
+        sites: &[SiteInfo],
+        experts: &[ExpertLayer],
+    ) -> Result<Manifest> {
         Ok(Manifest {
             format: atlas::FORMAT.into(),
             format_version: atlas::FORMAT_VERSION,
@@ -269,6 +279,7 @@ impl RecordSession {
             },
             settings: self.recording(ctx),
             sites: sites.to_vec(),
+            experts: experts.to_vec(),
             shard: self.shard.map(|(i, n)| Shard {
                 count: n,
                 indices: vec![i],
@@ -289,7 +300,7 @@ impl RecordSession {
                 .iter()
                 .map(|s| (s.name.clone(), s.units))
                 .collect();
-            RecordState::new(&named, &self.hist, &self.top)
+            RecordState::new(&named, &manifest.experts, &self.hist, &self.top)
         };
         if !self.s.resume {
             atlas::remove_checkpoints(&self.out);
@@ -320,7 +331,12 @@ impl RecordSession {
 
     /// Record the corpus with `m` and write the atlas (or a checkpoint, when stopped early).
     pub fn run(&self, m: &Model, events: &mut dyn FnMut(Event)) -> Result<Ended> {
-        let sites = select_sites(&m.sites(), &self.s.sites)?;
+        let experts = routing::expert_layers(m);
+        let globs = match self.s.sites.as_str() {
+            routing::DEFAULT_SITES if !experts.is_empty() => routing::MOE_NEURON_SITES,
+            g => g,
+        };
+        let sites = select_sites(&m.sites(), globs)?;
         let ctx = self.s.ctx.unwrap_or(m.cfg.n_ctx.min(1024));
         if ctx == 0 || ctx > m.cfg.n_ctx {
             user_bail!(
@@ -338,7 +354,7 @@ impl RecordSession {
                 })
             })
             .collect::<Result<_>>()?;
-        let mut manifest = self.manifest(m, ctx, &infos)?;
+        let mut manifest = self.manifest(m, ctx, &infos, &experts)?;
         let mut state = self.start_state(&manifest, events)?;
         let settings = Settings {
             recorded: manifest.settings.clone(),
@@ -351,6 +367,7 @@ impl RecordSession {
                 true => Default::default(),
                 false => m.tokenizer.special_ids().clone(),
             },
+            experts,
         };
         let tokenizer_json = m.tokenizer_json()?;
         let start = Instant::now();
@@ -418,6 +435,7 @@ impl RecordSession {
             skipped_not_utf8: state.counts.skipped_not_utf8,
             sites: manifest.sites.len(),
             units: manifest.sites.iter().map(|s| s.units).sum(),
+            experts: manifest.experts.iter().map(|x| x.experts).sum(),
             seconds: secs,
             tokens_per_s: (state.counts.tokens - tokens_before) as f64 / secs.max(1e-9),
             peak_rss_mib: crate::sys::peak_rss_bytes() as f64 / (1024.0 * 1024.0),

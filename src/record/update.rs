@@ -320,19 +320,63 @@ fn context(row: &Row, top: &TopSpec, out: &mut Vec<u32>) {
     }
 }
 
+/// Which tokens of a batch a site's units see.
+#[derive(Clone, Copy)]
+pub enum Rows<'r, 'a> {
+    /// Every unit sees these tokens.
+    All(&'r [Row<'a>]),
+    /// Unit `u` sees `per_unit[u]` only (a routing state: expert `u` sees its routed tokens).
+    PerUnit(&'r [Vec<Row<'a>>]),
+}
+
+/// One site's part of a batch: its [rows, dim] activation matrix and which rows its units see.
+#[derive(Clone, Copy)]
+pub struct SiteBatch<'r, 'a> {
+    pub acts: &'r [f32],
+    pub rows: Rows<'r, 'a>,
+}
+
 /// Update every site's units with one batch, in parallel over runs of `CHUNK` units. `acts[i]` is site
 /// i's [rows, dim] matrix. Each unit is updated by one thread in row order, so the result does not
 /// depend on the thread count.
 pub fn update_sites(sites: &mut [SiteState], acts: &[&[f32]], rows: &[Row], top: &TopSpec) {
-    let mut jobs: Vec<(UnitsMut, &[f32], usize, HistSpec)> = Vec::new();
-    for (site, a) in sites.iter_mut().zip(acts) {
+    let batches: Vec<SiteBatch> = acts
+        .iter()
+        .map(|&acts| SiteBatch {
+            acts,
+            rows: Rows::All(rows),
+        })
+        .collect();
+    update_batches(sites, &batches, top);
+}
+
+/// One parallel job of a batch update: a run of units, the site's activations and width, its
+/// histogram bins, and the tokens those units see.
+type Job<'u, 'r, 'a> = (UnitsMut<'u>, &'r [f32], usize, HistSpec, &'r [Row<'a>]);
+
+/// `update_sites` where each site sees its own tokens ([`Rows`]): the expert neurons of a
+/// mixture-of-experts layer see only the tokens routed to their expert, and a routing state's
+/// unit (an expert) only its routed tokens. A row a unit does not see changes nothing of it.
+pub fn update_batches(sites: &mut [SiteState], batches: &[SiteBatch], top: &TopSpec) {
+    let mut jobs: Vec<Job> = Vec::new();
+    for (site, b) in sites.iter_mut().zip(batches) {
         let (dim, spec) = (site.units, site.spec);
-        for c in site.chunks_mut(CHUNK, top) {
-            jobs.push((c, a, dim, spec));
+        match b.rows {
+            Rows::All(rows) => {
+                for c in site.chunks_mut(CHUNK, top) {
+                    jobs.push((c, b.acts, dim, spec, rows));
+                }
+            }
+            Rows::PerUnit(per_unit) => {
+                debug_assert_eq!(per_unit.len(), site.units);
+                for (c, rows) in site.chunks_mut(1, top).into_iter().zip(per_unit) {
+                    jobs.push((c, b.acts, dim, spec, rows));
+                }
+            }
         }
     }
     jobs.par_iter_mut()
-        .for_each_init(Scratch::default, |scratch, (c, a, dim, spec)| {
+        .for_each_init(Scratch::default, |scratch, (c, a, dim, spec, rows)| {
             c.update(a, *dim, rows, spec, top, scratch)
         });
 }

@@ -32,6 +32,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../../web/patch.js"),
     },
     Asset {
+        name: "experts.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/experts.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../../web/style.css"),

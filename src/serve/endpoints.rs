@@ -30,6 +30,7 @@ pub(super) async fn info(State(s): State<Shared>) -> ApiResult {
         "corpus": m.corpus,
         "settings": m.settings,
         "sites": m.sites,
+        "experts": m.experts,
         "shard": m.shard,
         "tokens": m.counts.tokens,
         "docs": m.counts.docs,
@@ -100,6 +101,9 @@ fn resolve(s: &AppState, id: &str) -> Result<(usize, usize), ApiError> {
 }
 
 pub(super) async fn neuron(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    if super::experts::is_expert_id(&id) {
+        return super::experts::expert(&s, &id);
+    }
     let (si, u) = resolve(&s, &id)?;
     let r = s.atlas.unit(si, u)?;
     let mut j = serde_json::to_value(unit_view(&s.atlas, &r, s.tok.as_ref()))

@@ -15,6 +15,7 @@ pub mod api;
 mod assets;
 mod endpoints;
 mod heads;
+mod experts;
 pub mod jobs;
 mod patching;
 pub mod runs;

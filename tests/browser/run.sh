@@ -7,7 +7,9 @@
 #
 # Without ATLAS it makes a small one with FTRI_BIN (`plant` a 2-layer GPT-2 whose neuron 1.5
 # fires on dog/puppy, `record` a filler-word corpus) and serves it with that model, so the model
-# features (prompt, lesion, localize, describe) are exercised too.
+# features (prompt, lesion, localize, describe) are exercised too; it then also records the tiny
+# Mixtral fixture on the same corpus and drives the expert map and an expert page (experts.mjs)
+# against a second server.
 # Needs: node + npm (playwright-core is installed here from package-lock.json if missing) and
 # Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium; override with CHROMIUM=).
 # Screenshots: $FTRI_ARTIFACTS or target/browser-artifacts/.
@@ -31,8 +33,9 @@ fi
 
 work="$(mktemp -d)"
 pid=""
+pid_moe=""
 cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  for p in $pid $pid_moe; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -73,5 +76,23 @@ echo "server at $url (pid $pid)"
 mkdir -p "$art"
 status=0
 FTRI_URL="$url" CHROMIUM="$chromium" node "$here/e2e.mjs" "$art" || status=$?
+
+# The experts of a mixture-of-experts atlas (only when this script made the atlas above).
+if [ -n "${FTRI_PLANTED:-}" ]; then
+  "$bin" record --model "$root/tests/fixtures/mixtral" --corpus "$work/corpus.txt" \
+    --out "$work/moe-atlas" --top-k 8 >/dev/null 2>&1 || die "recording the Mixtral fixture failed"
+  "$bin" serve --atlas "$work/moe-atlas" --host 127.0.0.1 --port 0 2>"$work/serve-moe.log" &
+  pid_moe=$!
+  url_moe=""
+  for _ in $(seq 1 600); do
+    url_moe="$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$work/serve-moe.log" | head -n1 || true)"
+    [ -n "$url_moe" ] && break
+    kill -0 "$pid_moe" 2>/dev/null || { cat "$work/serve-moe.log" >&2; die "the MoE server exited"; }
+    sleep 0.1
+  done
+  [ -n "$url_moe" ] || die "the MoE server did not start"
+  echo "MoE server at $url_moe (pid $pid_moe)"
+  FTRI_URL="$url_moe" CHROMIUM="$chromium" node "$here/experts.mjs" "$art" || status=$?
+fi
 echo "screenshots in $art"
 exit "$status"
