@@ -2,6 +2,7 @@
 
 pub mod atlas;
 pub mod bench;
+pub mod decompose;
 pub mod demo;
 pub mod describe;
 pub mod generate;
@@ -9,10 +10,13 @@ pub mod info;
 pub mod lesion;
 pub mod localize;
 pub mod merge;
+pub mod modules;
+pub mod moefy;
 pub mod plant;
 pub mod record;
 pub mod serve;
 pub mod show;
+pub mod sparsity;
 pub mod trace;
 
 use clap::{Args, Parser, Subcommand};
@@ -59,6 +63,14 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// What a neuron writes (tokens it promotes/suppresses) and reads, from its weights; --all for every neuron
     Describe(describe::DescribeArgs),
+    /// Functional modules: cluster each layer's neurons by co-activation over a corpus
+    Modules(modules::ModulesArgs),
+    /// Lazy neurons: active neurons per token, dead ones, and the loss of keeping each token's top k %
+    Sparsity(sparsity::SparsityArgs),
+    /// MoEfication: split each FFN into equal experts, route r per token, loss against dense
+    Moefy(moefy::MoefyArgs),
+    /// Semi-NMF of a layer's neuron activations into non-negative components (units L.cK)
+    Decompose(decompose::DecomposeArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -114,5 +126,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show(a) => show::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Atlas(a) => atlas::run(a),
+        Command::Modules(a) => modules::run(a),
+        Command::Sparsity(a) => sparsity::run(a),
+        Command::Moefy(a) => moefy::run(a),
+        Command::Decompose(a) => decompose::run(a),
     }
 }
