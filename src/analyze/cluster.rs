@@ -54,7 +54,7 @@ impl CoStats {
         if d == 0 || x.is_empty() {
             return Ok(());
         }
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             bail!("co-activation rows of {} values for {d} units", x.len());
         }
         let n = x.len() / d;

@@ -93,7 +93,7 @@ pub fn split_heldout(wins: &[Win], every: usize) -> (Vec<Win>, Vec<Win>) {
     let every = every.max(2);
     let (mut fit, mut held) = (Vec::new(), Vec::new());
     for (i, w) in wins.iter().enumerate() {
-        if (wins.len() - 1 - i) % every == 0 {
+        if (wins.len() - 1 - i).is_multiple_of(every) {
             held.push(w.clone());
         } else {
             fit.push(w.clone());
