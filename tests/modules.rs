@@ -320,3 +320,54 @@ fn decompose_beats_kmeans_keeps_g_non_negative_and_finds_the_planted_unit() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn celltypes_define_each_planted_group_by_its_triggers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    two_groups(&dir);
+    let text = tmp.path().join("corpus.txt");
+    corpus(&text, 150);
+    let atlas = tmp.path().join("atlas");
+    let (code, _, err) = common::run_ftri(&[
+        "record",
+        "--model",
+        dir.to_str().unwrap(),
+        "--corpus",
+        text.to_str().unwrap(),
+        "--out",
+        atlas.to_str().unwrap(),
+        "--top-k",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) = common::run_ftri(&[
+        "celltypes",
+        "--atlas",
+        atlas.to_str().unwrap(),
+        "--k",
+        "6",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let type_of = |unit: &str| {
+        j["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["members"].as_array().unwrap().iter().any(|m| m == unit))
+            .unwrap_or_else(|| panic!("{unit} has no type: {j}"))
+            .clone()
+    };
+    for (group, triggers) in [(&A, ["dog", "puppy"]), (&B, ["cat", "kitten"])] {
+        for unit in ids(group) {
+            let t = type_of(&unit);
+            let s = t["stimuli"][0]["token"].as_str().unwrap();
+            assert!(triggers.contains(&s), "{unit}: type defined by {s}: {t}");
+        }
+    }
+    let (code, _, err) =
+        common::run_ftri(&["celltypes", "--atlas", atlas.to_str().unwrap(), "--k", "0"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -123,18 +123,19 @@ fn top_k_ops_keep_what_brute_force_keeps() {
     let z = normal_quantile(0.9) as f32;
     let (_, stat) = run(&m, &[iv(Op::StatTopK(z))]);
     for ((row, srow), drow) in top.chunks(d).zip(stat.chunks(d)).zip(dense.chunks(d)) {
-        let mut sorted = drow.to_vec();
+        // both rules rank magnitudes
+        let mut sorted: Vec<f32> = drow.iter().map(|v| v.abs()).collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
         let n = drow.len() as f32;
-        let mean = drow.iter().sum::<f32>() / n;
-        let sd = (drow.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+        let mean = drow.iter().map(|v| v.abs()).sum::<f32>() / n;
+        let sd = (drow.iter().map(|v| (v.abs() - mean).powi(2)).sum::<f32>() / n).sqrt();
         let theta = mean + z * sd;
         for i in 0..d {
-            let keep = drow[i] >= sorted[k - 1];
+            let keep = drow[i].abs() >= sorted[k - 1];
             assert_eq!(row[i], if keep { drow[i] } else { 0.0 });
             // the threshold is computed in a different order: skip values within rounding of it
-            if (drow[i] - theta).abs() > 1e-4 {
-                assert_eq!(srow[i], if drow[i] >= theta { drow[i] } else { 0.0 });
+            if (drow[i].abs() - theta).abs() > 1e-4 {
+                assert_eq!(srow[i], if drow[i].abs() >= theta { drow[i] } else { 0.0 });
             }
         }
         assert_eq!(row.iter().filter(|v| **v != 0.0).count(), k);

@@ -2,8 +2,11 @@
 //! per layer, how many MLP neurons (`mlp.hook_post`) are active on a token — above 0, and above ε
 //! in magnitude — which neurons never are, and what language modelling loses when each token
 //! keeps only its top k % of activations: exact top-k (a sort) against Spark's statistical top-k
-//! (keep what is ≥ mean + z·std of the token's activation vector, z = Φ⁻¹(1 − k/100): linear
-//! time, exact only for Gaussian activations), with how much the two kept sets agree.
+//! (keep what is ≥ mean + z·std of the token's vector, z = Φ⁻¹(1 − k/100): linear time, exact
+//! only for Gaussian values), with how much the two kept sets agree. *(choice)* Both rules rank
+//! magnitudes |a|: a gated MLP's neurons (silu(gate)·up) are signed, and about half of them are
+//! negative on every token, so ranking values would drop the large negative half; for GELU/ReLU
+//! MLPs (negatives bounded by −0.17 or 0) the largest magnitudes are the largest values anyway.
 //!
 //! Invariants: counts cover every real token of the corpus once (padding never counts); the loss
 //! passes apply the same rule at every chosen layer at once; agreement is measured on the dense
@@ -264,17 +267,22 @@ pub fn sparsity(
                     }
                     a.hist0[c0] += 1;
                     a.hist_eps[ce] += 1;
-                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                    let sd = (row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()
+                    // both rules rank magnitudes (see `Op::TopK`)
+                    let mean = row.iter().map(|&v| v.abs() as f64).sum::<f64>() / d as f64;
+                    let sd = (row
+                        .iter()
+                        .map(|&v| (v.abs() as f64 - mean).powi(2))
+                        .sum::<f64>()
                         / d as f64)
                         .sqrt();
-                    sorted.copy_from_slice(row);
+                    sorted.iter_mut().zip(row).for_each(|(s, v)| *s = v.abs());
                     sorted.sort_unstable_by(|p, q| q.total_cmp(p));
                     for (j, &(k, z)) in ks.iter().enumerate() {
                         let kth = sorted[k - 1];
                         let theta = (mean + z * sd) as f32;
                         let (mut exact, mut both, mut stat) = (0usize, 0usize, 0usize);
                         for &v in row {
+                            let v = v.abs();
                             let e = v >= kth;
                             let s = v >= theta;
                             exact += e as usize;

@@ -2,6 +2,7 @@
 
 pub mod atlas;
 pub mod bench;
+pub mod celltypes;
 pub mod decompose;
 pub mod demo;
 pub mod describe;
@@ -71,6 +72,8 @@ pub enum Command {
     Moefy(moefy::MoefyArgs),
     /// Semi-NMF of a layer's neuron activations into non-negative components (units L.cK)
     Decompose(decompose::DecomposeArgs),
+    /// Functional cell types: cluster an atlas's units by the stimuli that drive them most
+    Celltypes(celltypes::CelltypesArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -130,5 +133,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sparsity(a) => sparsity::run(a),
         Command::Moefy(a) => moefy::run(a),
         Command::Decompose(a) => decompose::run(a),
+        Command::Celltypes(a) => celltypes::run(a),
     }
 }

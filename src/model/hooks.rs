@@ -210,11 +210,13 @@ pub enum Op {
     AddVector(Vec<f32>),
     /// h ← replacement, a tensor shaped like the site's activation [batch, tokens, dim]
     Replace(Tensor),
-    /// Per token, keep the k largest entries over the site's units and zero the rest (exact
-    /// top-k; entries tied with the k-th value are kept too). Acts on every unit of the site.
+    /// Per token, keep the k entries of largest magnitude over the site's units and zero the
+    /// rest (exact top-k; entries tied with the k-th magnitude are kept too). Magnitude, because
+    /// a gated MLP's neurons are signed (silu(gate)·up): a large negative value writes as much
+    /// as a large positive one. Acts on every unit of the site.
     TopK(usize),
-    /// Spark Transformer's statistical top-k: per token keep the entries ≥ mean + z·std of its
-    /// activation vector (population std, computed in f32), zero the rest. Every unit.
+    /// Spark Transformer's statistical top-k on magnitudes: per token keep the entries with
+    /// |h| ≥ mean + z·std of the token's |h| (population std, in f32), zero the rest. Every unit.
     StatTopK(f32),
     /// MoEfication: per token keep the units of the `r` best-scoring experts, zero the others.
     Route(Route),
@@ -569,14 +571,14 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
             } else if *k == 0 {
                 x.zeros_like()?
             } else {
-                let xf = x.to_dtype(DType::F32)?.contiguous()?;
+                let xf = x.to_dtype(DType::F32)?.abs()?.contiguous()?;
                 let (sorted, _) = xf.sort_last_dim(false)?;
                 let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
                 x.mul(&xf.broadcast_ge(&kth)?.to_dtype(x.dtype())?)?
             }
         }
         Op::StatTopK(z) => {
-            let xf = x.to_dtype(DType::F32)?;
+            let xf = x.to_dtype(DType::F32)?.abs()?;
             let mean = xf.mean_keepdim(D::Minus1)?;
             let sd = xf
                 .broadcast_sub(&mean)?
