@@ -3,6 +3,8 @@
 pub mod align;
 pub mod atlas;
 pub mod bench;
+pub mod celltypes;
+pub mod decompose;
 pub mod demo;
 pub mod describe;
 pub mod experts;
@@ -12,11 +14,14 @@ pub mod info;
 pub mod lesion;
 pub mod localize;
 pub mod merge;
+pub mod modules;
+pub mod moefy;
 pub mod patch;
 pub mod plant;
 pub mod record;
 pub mod serve;
 pub mod show;
+pub mod sparsity;
 pub mod trace;
 pub mod tune;
 
@@ -76,6 +81,16 @@ pub enum Command {
     /// Activation patching and causal tracing: restore clean activations into a corrupted run,
     /// site × layer × position, and report the recovered fraction of a next-token metric
     Patch(patch::PatchArgs),
+    /// Functional modules: cluster each layer's neurons by co-activation over a corpus
+    Modules(modules::ModulesArgs),
+    /// Lazy neurons: active neurons per token, dead ones, and the loss of keeping each token's top k %
+    Sparsity(sparsity::SparsityArgs),
+    /// MoEfication: split each FFN into equal experts, route r per token, loss against dense
+    Moefy(moefy::MoefyArgs),
+    /// Semi-NMF of a layer's neuron activations into non-negative components (units L.cK)
+    Decompose(decompose::DecomposeArgs),
+    /// Functional cell types: cluster an atlas's units by the stimuli that drive them most
+    Celltypes(celltypes::CelltypesArgs),
 }
 
 /// How to load the model; shared by every verb that runs one.
@@ -136,5 +151,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Frequency(a) => frequency::run(a),
         Command::Align(a) => align::run(a),
         Command::Patch(a) => patch::run(a),
+        Command::Modules(a) => modules::run(a),
+        Command::Sparsity(a) => sparsity::run(a),
+        Command::Moefy(a) => moefy::run(a),
+        Command::Decompose(a) => decompose::run(a),
+        Command::Celltypes(a) => celltypes::run(a),
     }
 }

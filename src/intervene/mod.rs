@@ -62,10 +62,18 @@ impl Neuron {
     }
 }
 
-/// A neuron set: a comma list (`3.17,5.2040`) or a file of ids (commas, whitespace or newlines;
+/// A neuron set: a comma list (`3.17,5.2040`) or a file of ids, `@file` or a bare path (commas, whitespace or newlines;
 /// a JSON list of strings, or `localize --json` output, also works).
 pub fn parse_neuron_set(spec: &str, cfg: &ModelConfig) -> Result<Vec<Neuron>> {
+    // `@file.json` names a file explicitly (the spelling DESIGN.md uses): it must exist.
+    let (spec, must_be_file) = match spec.strip_prefix('@') {
+        Some(rest) => (rest, true),
+        None => (spec, false),
+    };
     let path = Path::new(spec);
+    if must_be_file && !path.is_file() {
+        return Err(user_error(format!("@{spec}: no such file")));
+    }
     let text = if path.is_file() {
         let t = std::fs::read_to_string(path)
             .map_err(|e| user_error(format!("{spec}: cannot read: {e}")))?;
@@ -93,9 +101,12 @@ fn json_neurons(v: &serde_json::Value) -> Vec<String> {
     match v {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a.iter().flat_map(json_neurons).collect(),
-        serde_json::Value::Object(o) => match (o.get("neuron"), o.get("neurons")) {
-            (Some(n), _) => json_neurons(n),
-            (_, Some(ns)) => json_neurons(ns),
+        // `members`: a module from `ftri modules` (module-ID.json)
+        serde_json::Value::Object(o) => match (o.get("neuron"), o.get("neurons"), o.get("members"))
+        {
+            (Some(n), _, _) => json_neurons(n),
+            (_, Some(ns), _) => json_neurons(ns),
+            (_, _, Some(ms)) => json_neurons(ms),
             _ => vec![],
         },
         _ => vec![],

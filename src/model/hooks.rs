@@ -3,7 +3,7 @@
 
 use crate::error::user_error;
 use anyhow::Result;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var, D};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -278,6 +278,37 @@ pub enum Op {
     AddVector(Vec<f32>),
     /// h ← replacement, a tensor shaped like the site's activation [batch, tokens, dim]
     Replace(Tensor),
+    /// Per token, keep the k entries of largest magnitude over the site's units and zero the
+    /// rest (exact top-k; entries tied with the k-th magnitude are kept too). Magnitude, because
+    /// a gated MLP's neurons are signed (silu(gate)·up): a large negative value writes as much
+    /// as a large positive one. Acts on every unit of the site.
+    TopK(usize),
+    /// Spark Transformer's statistical top-k on magnitudes: per token keep the entries with
+    /// |h| ≥ mean + z·std of the token's |h| (population std, in f32), zero the rest. Every unit.
+    StatTopK(f32),
+    /// MoEfication: per token keep the units of the `r` best-scoring experts, zero the others.
+    Route(Route),
+}
+
+/// Experts of a dense layer (MoEfication) and how a token picks them.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Each unit's expert, `0..n_experts`.
+    pub groups: Vec<u32>,
+    pub n_experts: usize,
+    /// Experts kept per token; `r ≥ n_experts` keeps all, leaving the value bit-identical.
+    pub r: usize,
+    /// `None`: the oracle, experts scored by the squared norm of their own units' values.
+    pub router: Option<Router>,
+}
+
+/// A linear router: scores = [input, 1] · w, `input` being another site's value earlier in the
+/// same pass (the forward pass keeps it when a `Route` asks for it).
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub input: Site,
+    /// [d_input + 1, n_experts], the last row the bias.
+    pub w: Tensor,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +335,8 @@ pub struct HookSet {
     /// for variables), so after `backward` its gradient is d(loss)/d(activation).
     grad_sites: BTreeSet<Site>,
     grad_vars: BTreeMap<Site, (Var, Tensor)>,
+    /// Values of the sites that `Route` routers read, kept for the sites they route.
+    router_inputs: BTreeMap<Site, Tensor>,
     /// Absolute position of the pass's first token (the key/value cache length during
     /// generation), so intervention positions stay positions in the whole sequence.
     pub position_offset: usize,
@@ -391,6 +424,13 @@ impl HookSet {
         self.capture.contains(&site)
             || self.grad_sites.contains(&site)
             || self.interventions.iter().any(|iv| iv.site == site)
+            || self.router_input(site)
+    }
+
+    fn router_input(&self, site: Site) -> bool {
+        self.interventions
+            .iter()
+            .any(|iv| matches!(&iv.op, Op::Route(Route { router: Some(r), .. }) if r.input == site))
     }
 
     /// Apply the interventions registered at `site`, then capture the result if asked.
@@ -400,10 +440,23 @@ impl HookSet {
         }
         let mut x = x;
         for iv in self.interventions.iter().filter(|iv| iv.site == site) {
-            x = match x.rank() {
-                4 => apply_intervention_4d(&x, iv, self.position_offset)?,
+            x = match &iv.op {
+                Op::Route(rt) => {
+                    let input = match &rt.router {
+                        Some(r) => Some(self.router_inputs.get(&r.input).ok_or_else(|| {
+                            anyhow::anyhow!("{site}: router input {} not reached first", r.input)
+                        })?),
+                        None => None,
+                    };
+                    let new = route(&x, rt, input, site)?;
+                    blend(&x, new, iv, self.position_offset)?
+                }
+                _ if x.rank() == 4 => apply_intervention_4d(&x, iv, self.position_offset)?,
                 _ => apply_intervention(&x, iv, self.position_offset)?,
             };
+        }
+        if self.router_input(site) {
+            self.router_inputs.insert(site, x.clone());
         }
         if self.grad_sites.contains(&site) {
             let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
@@ -606,7 +659,6 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
     {
         return adjust(x, iv, position_offset, [mu_f, sd_f, mu_r, sd_r]);
     }
-    let mask = selection_mask(x, iv, position_offset)?;
     let new = match &iv.op {
         Op::Zero => x.zeros_like()?,
         Op::Scale(f) => (x * (*f as f64))?,
@@ -628,7 +680,104 @@ pub fn apply_intervention(x: &Tensor, iv: &Intervention, position_offset: usize)
             }
             r.to_dtype(x.dtype())?
         }
+        Op::TopK(k) => {
+            let d = x.dim(2)?;
+            if *k >= d {
+                x.clone()
+            } else if *k == 0 {
+                x.zeros_like()?
+            } else {
+                let xf = x.to_dtype(DType::F32)?.abs()?.contiguous()?;
+                let (sorted, _) = xf.sort_last_dim(false)?;
+                let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
+                x.mul(&xf.broadcast_ge(&kth)?.to_dtype(x.dtype())?)?
+            }
+        }
+        Op::StatTopK(z) => {
+            let xf = x.to_dtype(DType::F32)?.abs()?;
+            let mean = xf.mean_keepdim(D::Minus1)?;
+            let sd = xf
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(D::Minus1)?
+                .sqrt()?;
+            let theta = (mean + (sd * (*z as f64))?)?;
+            x.mul(&xf.broadcast_ge(&theta)?.to_dtype(x.dtype())?)?
+        }
+        Op::Route(rt) => {
+            if rt.router.is_some() {
+                return Err(user_error(format!(
+                    "{}: a routed intervention with a router runs inside a forward pass",
+                    iv.site
+                )));
+            }
+            route(x, rt, None, iv.site)?
+        }
     };
+    blend(x, new, iv, position_offset)
+}
+
+/// MoEfication routing of x [batch, tokens, d]: score the experts per token (the squared norm of
+/// their units, or the linear router on `input`), keep the units of the `r` best, zero the rest.
+fn route(x: &Tensor, rt: &Route, input: Option<&Tensor>, site: Site) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let e = rt.n_experts;
+    if rt.groups.len() != d || rt.groups.iter().any(|&g| g as usize >= e) {
+        return Err(user_error(format!(
+            "{site}: a routing of {} units into {e} experts, but the site has {d} units",
+            rt.groups.len()
+        )));
+    }
+    if rt.r >= e {
+        return Ok(x.clone());
+    }
+    if rt.r == 0 {
+        return Ok(x.zeros_like()?);
+    }
+    let dev = x.device();
+    let mut onehot = vec![0f32; d * e];
+    for (i, &g) in rt.groups.iter().enumerate() {
+        onehot[i * e + g as usize] = 1.0;
+    }
+    let onehot = Tensor::from_vec(onehot, (d, e), dev)?;
+    let scores = match (&rt.router, input) {
+        (None, _) => x
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .reshape((b * t, d))?
+            .matmul(&onehot)?,
+        (Some(r), Some(inp)) => {
+            let din = inp.dim(2)?;
+            let inp = inp.to_dtype(DType::F32)?.reshape((b * t, din))?;
+            let w = r.w.to_dtype(DType::F32)?;
+            if w.dims() != [din + 1, e] {
+                return Err(user_error(format!(
+                    "{site}: router weights {:?}, expected [{}, {e}]",
+                    w.dims(),
+                    din + 1
+                )));
+            }
+            inp.matmul(&w.narrow(0, 0, din)?)?
+                .broadcast_add(&w.narrow(0, din, 1)?)?
+        }
+        (Some(r), None) => {
+            return Err(user_error(format!(
+                "{site}: router input {} missing",
+                r.input
+            )))
+        }
+    };
+    let (sorted, _) = scores.contiguous()?.sort_last_dim(false)?;
+    let rth = sorted.narrow(1, rt.r - 1, 1)?;
+    let keep = scores.broadcast_ge(&rth)?.to_dtype(DType::F32)?;
+    let mask = keep.matmul(&onehot.t()?)?.reshape((b, t, d))?;
+    Ok(x.mul(&mask.to_dtype(x.dtype())?)?)
+}
+
+/// x where the intervention selects nothing, `new` where it selects (every entry when it names
+/// neither units nor positions).
+fn blend(x: &Tensor, new: Tensor, iv: &Intervention, position_offset: usize) -> Result<Tensor> {
+    let mask = selection_mask(x, iv, position_offset)?;
     Ok(match mask {
         None => new,
         // −∞ (an expert switched off at its router logit) would make the blend below NaN

@@ -21,7 +21,7 @@ pub mod unit;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
-pub use hooks::{AttnHook, ExpertHook, HookSet, Intervention, Op, Site, SiteKind};
+pub use hooks::{AttnHook, ExpertHook, HookSet, Intervention, Op, Route, Router, Site, SiteKind};
 pub use tokenizer::Tokenizer;
 pub use transformer::{Batch, KvCache, Transformer};
 pub use unit::UnitId;
