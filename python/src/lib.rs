@@ -76,8 +76,20 @@ struct PyModel {
 struct Cache {
     t_max: usize,
     lengths: Vec<usize>,
-    sites: Vec<(String, usize, Vec<f32>)>,
+    sites: Vec<CachedSite>,
     logits: Option<(usize, Vec<f32>)>,
+}
+
+/// One hook point's values for every text, padded to the longest. Per-token sites are
+/// `[n, t_max, inner...]` (`inner` = `[d]`, or `[heads, d_head]` for attention's q/k/v/z/result);
+/// attention scores and patterns are `[n, heads, t_max, t_max]` (TransformerLens' layouts).
+struct CachedSite {
+    name: String,
+    pattern: bool,
+    /// Dimensions after the token axis (per-token sites) or the head count (patterns); known
+    /// from the first batch.
+    inner: Vec<usize>,
+    buf: Vec<f32>,
 }
 
 /// The interventions named by `(unit, op)` pairs: `L.N` neurons take every op of
@@ -147,25 +159,22 @@ fn run_cache(
     let sites: Vec<Site> = if names.is_empty() {
         vec![]
     } else {
-        // per-token sites only: attention scores/pattern ([heads, q, k]) are not cached here;
-        // the other attention sites come flattened to [tokens, heads·dim]
         select_sites(&m.sites(), &names.join(","))?
             .into_iter()
             .filter(|s| *s != Site::Logits)
-            .filter(|s| {
-                !matches!(s, Site::Block(_, ftri::model::SiteKind::Attn(h)) if h.is_pattern_like())
-            })
             .collect()
     };
     let want_logits = want_logits && m.net.unembed.is_some();
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| m.encode(t)).collect::<Result<_>>()?;
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let (n, t_max) = (ids.len(), lengths.iter().copied().max().unwrap_or(0));
-    let mut bufs: Vec<(String, usize, Vec<f32>)> = sites
+    let mut bufs: Vec<CachedSite> = sites
         .iter()
-        .map(|s| {
-            let d = m.site_dim(*s);
-            (s.to_string(), d, vec![0f32; n * t_max * d])
+        .map(|s| CachedSite {
+            name: s.to_string(),
+            pattern: matches!(s, Site::Block(_, SiteKind::Attn(h)) if h.is_pattern_like()),
+            inner: vec![],
+            buf: vec![],
         })
         .collect();
     let vocab = m.cfg.vocab_size;
@@ -190,12 +199,37 @@ fn run_cache(
             hooks.intervene(iv.clone());
         }
         let out = m.forward(&batch, &mut hooks)?;
-        for ((name, d, buf), s) in bufs.iter_mut().zip(&sites) {
+        for (c, s) in bufs.iter_mut().zip(&sites) {
             let x = hooks
                 .take(*s)
-                .ok_or_else(|| anyhow::anyhow!("hook {name} was not reached"))?;
+                .ok_or_else(|| anyhow::anyhow!("hook {} was not reached", c.name))?;
+            let dims = x.dims().to_vec();
             let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            copy_rows(buf, &v, first, tc, *d);
+            if c.pattern {
+                // [B, H, tc, tc]: each text's [len, len] block of each head
+                let h = dims[1];
+                if c.buf.is_empty() {
+                    c.inner = vec![h];
+                    c.buf = vec![0f32; n * h * t_max * t_max];
+                }
+                for (b, &len) in lengths[first..].iter().enumerate().take(dims[0]) {
+                    for hh in 0..h {
+                        for q in 0..len {
+                            let src = ((b * h + hh) * tc + q) * tc;
+                            let dst = (((first + b) * h + hh) * t_max + q) * t_max;
+                            c.buf[dst..dst + len].copy_from_slice(&v[src..src + len]);
+                        }
+                    }
+                }
+            } else {
+                let inner = dims[2..].to_vec();
+                let d: usize = inner.iter().product();
+                if c.buf.is_empty() {
+                    c.inner = inner;
+                    c.buf = vec![0f32; n * t_max * d];
+                }
+                copy_rows(&mut c.buf, &v, first, tc, d);
+            }
         }
         if let Some(buf) = logits.as_mut() {
             let x = out.ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
@@ -220,17 +254,59 @@ fn to_numpy<'py>(
     lengths: &[usize],
     pad: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    site_to_numpy(py, buf, &[d], false, t_max, lengths, pad)
+}
+
+/// A cached site as numpy: padded, one array `[n, t_max, inner...]` (`[n, heads, t_max, t_max]`
+/// for a pattern), zero-copy from the buffer; else a list of `[t_i, inner...]` (`[heads, t_i,
+/// t_i]`) arrays.
+fn site_to_numpy<'py>(
+    py: Python<'py>,
+    buf: Vec<f32>,
+    inner: &[usize],
+    pattern: bool,
+    t_max: usize,
+    lengths: &[usize],
+    pad: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let n = lengths.len();
+    let shape = |t: usize, lead: Option<usize>| -> Vec<usize> {
+        let mut s: Vec<usize> = lead.into_iter().collect();
+        if pattern {
+            s.extend([inner[0], t, t]);
+        } else {
+            s.push(t);
+            s.extend_from_slice(inner);
+        }
+        s
+    };
     if pad {
-        let a = PyArray1::from_vec(py, buf).reshape([lengths.len(), t_max, d])?;
+        let a = PyArray1::from_vec(py, buf).reshape(shape(t_max, Some(n)))?;
         return Ok(a.into_any());
     }
+    let per_text: usize = shape(t_max, None).iter().product();
     let items: Vec<Bound<'py, PyAny>> = lengths
         .iter()
         .enumerate()
         .map(|(i, &len)| {
-            let at = i * t_max * d;
-            let v = buf[at..at + len * d].to_vec();
-            Ok(PyArray1::from_vec(py, v).reshape([len, d])?.into_any())
+            let text = &buf[i * per_text..(i + 1) * per_text];
+            let v: Vec<f32> = if pattern {
+                let h = inner[0];
+                let mut v = Vec::with_capacity(h * len * len);
+                for hh in 0..h {
+                    for q in 0..len {
+                        let at = (hh * t_max + q) * t_max;
+                        v.extend_from_slice(&text[at..at + len]);
+                    }
+                }
+                v
+            } else {
+                let d: usize = inner.iter().product();
+                text[..len * d].to_vec()
+            };
+            Ok(PyArray1::from_vec(py, v)
+                .reshape(shape(len, None))?
+                .into_any())
         })
         .collect::<PyResult<_>>()?;
     Ok(PyList::new(py, items)?.into_any())
@@ -306,8 +382,17 @@ impl PyModel {
             run_cache(&m, &texts, &names, &ivs, logits, batch_size)
         })?;
         let cache = PyDict::new(py);
-        for (name, d, buf) in c.sites {
-            cache.set_item(name, to_numpy(py, buf, d, c.t_max, &c.lengths, pad)?)?;
+        for site in c.sites {
+            let a = site_to_numpy(
+                py,
+                site.buf,
+                &site.inner,
+                site.pattern,
+                c.t_max,
+                &c.lengths,
+                pad,
+            )?;
+            cache.set_item(site.name, a)?;
         }
         if pad {
             let n = c.lengths.len();

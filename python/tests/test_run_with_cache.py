@@ -33,7 +33,7 @@ def test_matches_transformers(name):
     assert m.tokenize(text) == expected["input_ids"].tolist()
     logits, cache = m.run_with_cache(text, names="*")
     hooks = [k for k in expected if k not in ("input_ids", "logits")]
-    assert sorted(hooks) == sorted(k for k in cache if k != "attention_mask")
+    assert sorted(hooks) == sorted(k for k in cache if k != "attention_mask" and ".attn." not in k)
     assert cache["attention_mask"].tolist() == [[1] * len(expected["input_ids"])]
     for k in hooks:
         got = cache[k][0]
@@ -43,6 +43,27 @@ def test_matches_transformers(name):
         assert np.abs(logits[0] - expected["logits"]).max() <= tol(expected["logits"])
     else:
         assert logits is None
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_attention_matches_transformers(name):
+    """Attention internals in TransformerLens' layouts: q/k/v/z [tokens, heads, d_head], scores and
+    pattern [heads, q, k] (masked scores -inf), against transformers' eager attention."""
+    path = FIXTURES / name / "attn_expected.safetensors"
+    expected = load_file(str(path))
+    text = text_of(path)["text"]
+    m = ftri.Model.load(FIXTURES / name)
+    assert m.tokenize(text) == expected["input_ids"].tolist()
+    _, cache = m.run_with_cache(text, names="blocks.*.attn.*", return_logits=False)
+    hooks = [k for k in expected if k != "input_ids"]
+    extra = {k for k in cache if k != "attention_mask"} - set(hooks)
+    assert set(hooks) <= set(cache) and all(k.endswith(".attn.hook_result") for k in extra), extra
+    for k in hooks:
+        got, want = cache[k][0], expected[k]
+        assert got.dtype == np.float32 and got.shape == want.shape, (k, got.shape, want.shape)
+        masked = np.isinf(want)
+        assert np.array_equal(np.isinf(got), masked), k
+        assert np.abs(got[~masked] - want[~masked]).max() <= tol(want[~masked]), k
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bert", "gemma2", "gpt_neox"])
@@ -57,8 +78,10 @@ def test_matches_ftri_trace(name, tmp_path):
         if k == "input_ids":
             continue
         got = logits[0] if k == "logits" else cache[k][0]
+        assert got.shape == v.shape, (k, got.shape, v.shape)
         # the same code path: identical up to the summation order of a thread split
-        np.testing.assert_allclose(got, v, rtol=0, atol=1e-6 * max(1.0, np.abs(v).max()), err_msg=k)
+        scale = max(1.0, np.abs(v[np.isfinite(v)]).max())
+        np.testing.assert_allclose(got, v, rtol=0, atol=1e-6 * scale, err_msg=k)
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
@@ -188,3 +211,26 @@ def test_expert_ops_are_checked():
         model.run_with_cache(["a b"], names=[], interventions=[("0.1", "off")])
     with pytest.raises(ftri.FtriError, match="out of range|no expert|experts"):
         model.run_with_cache(["a b"], names=[], interventions=[("0.e99", "off")])
+
+
+def test_attention_sites_padded_and_unpadded():
+    """Attention sites in a padded batch equal each text run alone; patterns [n, heads, t, t]."""
+    m = ftri.Model.load(FIXTURES / "llama")
+    texts = ["the dog barked at the cat", "a cat"]
+    names = ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.0.attn.hook_k"]
+    _, padded = m.run_with_cache(texts, names=names, return_logits=False)
+    _, lists = m.run_with_cache(texts, names=names, return_logits=False, pad=False)
+    lens = padded["attention_mask"].sum(1)
+    n_heads = padded["blocks.1.attn.hook_pattern"].shape[1]
+    assert padded["blocks.1.attn.hook_pattern"].shape == (2, n_heads, lens.max(), lens.max())
+    for i, text in enumerate(texts):
+        _, alone = m.run_with_cache([text], names=names, return_logits=False)
+        t = lens[i]
+        for k in names:
+            a = alone[k][0]
+            p = padded[k][i][:, :t, :t] if k.endswith("pattern") else padded[k][i][:t]
+            assert lists[k][i].shape == a.shape, k
+            np.testing.assert_allclose(p, a, atol=1e-5, err_msg=k)
+            np.testing.assert_allclose(lists[k][i], a, atol=1e-5, err_msg=k)
+        rows = alone["blocks.1.attn.hook_pattern"][0].sum(-1)
+        np.testing.assert_allclose(rows, 1.0, atol=1e-5)
