@@ -14,8 +14,8 @@
 pub mod api;
 mod assets;
 mod endpoints;
-mod heads;
 mod experts;
+mod heads;
 pub mod jobs;
 mod patching;
 pub mod runs;
