@@ -1,7 +1,7 @@
 //! Attention internals as hook points and heads as units, beyond parity with transformers
 //! (tests/parity.rs): interventions inside attention, padding, the differentiable path, the
-//! key/value cache, and head lesions on a model built here with one head that copies the
-//! previous token.
+//! key/value cache, and head lesions on a model with one head that copies the previous token
+//! (built by tests/common/copy_head.rs).
 
 mod common;
 

@@ -620,7 +620,7 @@ fn all_heads_of_a_layer_are_its_attn_out() {
         for l in 0..layers {
             let site = Site::Block(l, SiteKind::Attn(AttnHook::Z));
             let mut h = HookSet::capturing([site]);
-            m.forward(&m.batch(&[ids_clean.clone()]).unwrap(), &mut h)
+            m.forward(&m.batch(std::slice::from_ref(&ids_clean)).unwrap(), &mut h)
                 .unwrap();
             let clean_z = h.take(site).unwrap();
             for p in 0..2 {
@@ -649,9 +649,10 @@ fn all_heads_of_a_layer_are_its_attn_out() {
 }
 
 /// The hand-built model where head COPY_HEAD of layer 0 copies the previous token: with clean
-/// "the model was it" and corrupted "the model and it" (target " was", foil " and"), restoring that head's
-/// output at the last token recovers (almost) everything; every other head and position next
-/// to nothing; batched equals per-cell.
+/// "the model was it" and corrupted "the model and it" (target " was", foil " and"), restoring
+/// that head's output at the last token recovers everything (the residual there is then the
+/// clean one); every other head cell nothing (silent heads write 0 in both runs, the copy head's
+/// output elsewhere reads the same tokens in both); batched equals per-cell.
 #[test]
 fn the_copy_head_carries_the_effect() {
     let dir = copy_head_model();
@@ -672,7 +673,7 @@ fn the_copy_head_carries_the_effect() {
     );
     let last = n - 1;
     let hit = head_cell(&r, 0, COPY_HEAD, last);
-    assert!(hit > 0.9, "0.h{COPY_HEAD} @ last recovers {hit}");
+    assert!(hit > 0.99, "0.h{COPY_HEAD} @ last recovers {hit}");
     let mut worst_other = 0f64;
     for c in r.cells.iter().filter(|c| c.site == "z") {
         if c.head == Some(COPY_HEAD) && c.position == last {
@@ -681,8 +682,13 @@ fn the_copy_head_carries_the_effect() {
         worst_other = worst_other.max(c.recovered.abs());
     }
     assert!(
-        worst_other < 0.05,
+        worst_other < 1e-4,
         "other head cells recover up to {worst_other}"
+    );
+    eprintln!(
+        "copy head: 0.h{COPY_HEAD} @ last recovers {hit:.6}; other head cells at most \
+         {worst_other:.2e}; attribution correlation {:?}",
+        r.correlation
     );
     // the silent heads write nothing: all of attn_out there is the copy head
     let ao = cell(&r, "attn_out", 0, last);
