@@ -318,7 +318,7 @@ struct Instance {
     ids: Vec<u32>,
     /// The `hook_embed` replacement of a noised run.
     embed: Option<Tensor>,
-    /// Captured activation [1, T, D] per patched site.
+    /// Captured activation per patched site: [1, T, D], hook_z [1, T, H, Dh].
     acts: Vec<Tensor>,
     metric: f64,
 }
