@@ -1,14 +1,19 @@
 //! `ftri patch` (activation patching, causal tracing, attribution patching) against ground truth:
 //! a checkpoint with a planted neuron 1.5 that fires on `dog` and writes `bark`, invariants that
 //! hold for any model, the batched computation against one forward pass per cell, and the
-//! attribution estimate against exact patching where first order is exact enough.
+//! attribution estimate against exact patching where first order is exact enough; per-head
+//! patching (`--heads`, site `z`) on the hand-built copy-head model, whose one working head must
+//! carry the whole effect.
 
 mod common;
 
+use common::copy_head::{copy_head_model, COPY_HEAD};
 use common::planted::{planted, planted_dir};
-use ftri::analyze::patch::{patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching};
+use ftri::analyze::patch::{
+    patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching, HEAD_SITE,
+};
 use ftri::model::synth::SynthArch;
-use ftri::model::{LoadOptions, Model, SiteKind};
+use ftri::model::{AttnHook, HookSet, Intervention, LoadOptions, Model, Op, Site, SiteKind};
 
 fn cell(r: &Patching, site: &str, layer: usize, pos: usize) -> f64 {
     r.cells
@@ -76,8 +81,8 @@ fn assert_same(a: &Patching, b: &Patching, what: &str) {
     let mut worst = 0f64;
     for (x, y) in a.cells.iter().zip(&b.cells) {
         assert_eq!(
-            (&x.site, x.layer, x.position),
-            (&y.site, y.layer, y.position),
+            (&x.site, x.layer, x.position, x.head),
+            (&y.site, y.layer, y.position, y.head),
             "{what}"
         );
         worst = worst.max((x.recovered - y.recovered).abs());
@@ -97,7 +102,12 @@ fn batched_equals_one_forward_per_cell() {
         Corruption::Prompt("w6 w8 w7 w9 w12".into()),
         " bark",
     );
-    eq.sites = vec![SiteKind::ResidPre, SiteKind::AttnOut, SiteKind::MlpOut];
+    eq.sites = vec![
+        SiteKind::ResidPre,
+        SiteKind::AttnOut,
+        SiteKind::MlpOut,
+        HEAD_SITE,
+    ];
     cases.push(("equal lengths, logit_diff", eq.clone()));
     let mut lp = eq.clone();
     lp.metric = Metric::LogProb;
@@ -211,8 +221,17 @@ fn attribution_matches_exact_patching_to_first_order() {
         seed: 1,
     };
     req.method = PatchMethod::Attribution;
-    req.sites = vec![SiteKind::ResidPre, SiteKind::AttnOut, SiteKind::MlpOut];
+    req.sites = vec![
+        SiteKind::ResidPre,
+        SiteKind::AttnOut,
+        SiteKind::MlpOut,
+        HEAD_SITE,
+    ];
     let r = patch(&m, &req).unwrap();
+    assert_eq!(
+        r.cells.iter().filter(|c| c.head.is_some()).count(),
+        2 * 4 * 3
+    );
     let worst = r
         .cells
         .iter()
@@ -467,6 +486,20 @@ fn the_server_runs_patch_jobs_and_serves_the_page() {
     assert_eq!(status, 200, "{text}");
     let got: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(got, expected, "/api/patch = the library's result");
+    let body = serde_json::json!({
+        "clean": "the dog", "corrupt": "the cat", "target": " bark", "sites": "mlp_out",
+        "heads": true
+    });
+    let (status, text) = http(addr, "POST", "/api/patch", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let heads = got["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["site"] == "z" && c["head"].is_u64())
+        .count();
+    assert_eq!(heads, 2 * 4 * 2, "heads: true adds the per-head cells");
     let (status, text) = http(
         addr,
         "POST",
@@ -526,4 +559,224 @@ fn a_12_layer_32_position_grid_costs_12_batched_forwards() {
         per_cell.forwards,
         tc.as_secs_f64()
     );
+}
+
+fn head_cell(r: &Patching, layer: usize, head: usize, pos: usize) -> f64 {
+    r.cells
+        .iter()
+        .find(|c| c.site == "z" && c.layer == layer && c.head == Some(head) && c.position == pos)
+        .unwrap_or_else(|| panic!("no head cell {layer}.h{head} @ {pos}"))
+        .recovered
+}
+
+/// log p(target) at the last token of a forward pass with `ivs`.
+fn logprob(m: &Model, ids: &[u32], ivs: Vec<Intervention>, target: u32) -> f64 {
+    let mut h = HookSet::new();
+    ivs.into_iter().for_each(|iv| h.intervene(iv));
+    let logits = m
+        .forward(&m.batch(&[ids.to_vec()]).unwrap(), &mut h)
+        .unwrap()
+        .unwrap();
+    let row: Vec<f64> = logits
+        .narrow(1, ids.len() - 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mx = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = mx + row.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+    row[target as usize] - lse
+}
+
+/// Per-head cells on the planted models: shape, the shared position carries nothing, and
+/// restoring every head of a layer's hook_z at a position (done here by hand) recovers exactly
+/// what restoring that layer's attn_out there does: the output projection, its bias (the same
+/// in both runs) and any post-norm see that position's z only.
+#[test]
+fn all_heads_of_a_layer_are_its_attn_out() {
+    for arch in [SynthArch::Gpt2, SynthArch::Llama] {
+        let m = planted(arch);
+        let mut req = dog_vs_cat(Metric::LogProb);
+        req.sites = vec![SiteKind::AttnOut, HEAD_SITE];
+        let r = patch(&m, &req).unwrap();
+        let tag = format!("{arch:?}");
+        let (layers, heads) = (m.cfg.n_layers, m.cfg.n_heads);
+        let z: Vec<_> = r.cells.iter().filter(|c| c.site == "z").collect();
+        assert_eq!(z.len(), layers * heads * 2, "{tag}");
+        assert!(z.iter().all(|c| c.head.is_some_and(|h| h < heads)), "{tag}");
+        assert!(r
+            .cells
+            .iter()
+            .filter(|c| c.site != "z")
+            .all(|c| c.head.is_none()));
+        // attn_out: one pass per layer; z: heads × positions batched, one pass per layer
+        assert_eq!(r.forwards, 2 * layers, "{tag}");
+        let ids_clean = m.encode("the dog").unwrap();
+        let ids_corrupt = m.encode("the cat").unwrap();
+        let target = m.tokenizer.encode_plain(" bark").unwrap()[0];
+        for l in 0..layers {
+            let site = Site::Block(l, SiteKind::Attn(AttnHook::Z));
+            let mut h = HookSet::capturing([site]);
+            m.forward(&m.batch(std::slice::from_ref(&ids_clean)).unwrap(), &mut h)
+                .unwrap();
+            let clean_z = h.take(site).unwrap();
+            for p in 0..2 {
+                for hd in 0..heads {
+                    if p == 0 {
+                        let v = head_cell(&r, l, hd, p);
+                        assert!(v.abs() < 1e-5, "{tag}: {l}.h{hd} @ 0 = {v}");
+                    }
+                }
+                let all = Intervention {
+                    site,
+                    units: None,
+                    positions: Some(vec![p]),
+                    op: Op::Replace(clean_z.clone()),
+                };
+                let got = logprob(&m, &ids_corrupt, vec![all], target);
+                let all_heads = (got - r.corrupt_metric) / (r.clean_metric - r.corrupt_metric);
+                let attn_out = cell(&r, "attn_out", l, p);
+                assert!(
+                    (all_heads - attn_out).abs() < 1e-4,
+                    "{tag}: layer {l} @ {p}: all heads {all_heads} vs attn_out {attn_out}"
+                );
+            }
+        }
+    }
+}
+
+/// The hand-built model where head COPY_HEAD of layer 0 copies the previous token: with clean
+/// "the model was it" and corrupted "the model and it" (target " was", foil " and"), restoring
+/// that head's output at the last token recovers everything (the residual there is then the
+/// clean one); every other head cell nothing (silent heads write 0 in both runs, the copy head's
+/// output elsewhere reads the same tokens in both); batched equals per-cell.
+#[test]
+fn the_copy_head_carries_the_effect() {
+    let dir = copy_head_model();
+    let m = Model::load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let (clean, corrupt) = ("the model was it", "the model and it");
+    let n = m.encode(clean).unwrap().len();
+    assert_eq!(n, m.encode(corrupt).unwrap().len(), "equal token lengths");
+    let mut req = PatchRequest::new(clean, Corruption::Prompt(corrupt.into()), " was");
+    req.foil = Some(" and".into());
+    req.sites = vec![SiteKind::AttnOut, HEAD_SITE];
+    req.method = PatchMethod::Attribution;
+    let r = patch(&m, &req).unwrap();
+    assert!(
+        r.clean_metric > r.corrupt_metric + 1.0,
+        "the model copies: clean {} corrupt {}",
+        r.clean_metric,
+        r.corrupt_metric
+    );
+    let last = n - 1;
+    let hit = head_cell(&r, 0, COPY_HEAD, last);
+    assert!(hit > 0.99, "0.h{COPY_HEAD} @ last recovers {hit}");
+    let mut worst_other = 0f64;
+    for c in r.cells.iter().filter(|c| c.site == "z") {
+        if c.head == Some(COPY_HEAD) && c.position == last {
+            continue;
+        }
+        worst_other = worst_other.max(c.recovered.abs());
+    }
+    assert!(
+        worst_other < 1e-4,
+        "other head cells recover up to {worst_other}"
+    );
+    eprintln!(
+        "copy head: 0.h{COPY_HEAD} @ last recovers {hit:.6}; other head cells at most \
+         {worst_other:.2e}; attribution correlation {:?}",
+        r.correlation
+    );
+    // the silent heads write nothing: all of attn_out there is the copy head
+    let ao = cell(&r, "attn_out", 0, last);
+    assert!(
+        (ao - hit).abs() < 1e-4,
+        "attn_out {ao} vs the copy head {hit}"
+    );
+    // attribution: the copy head's cell is the largest estimate too
+    let best = r
+        .cells
+        .iter()
+        .filter(|c| c.site == "z")
+        .max_by(|a, b| a.attribution.unwrap().total_cmp(&b.attribution.unwrap()))
+        .unwrap();
+    assert_eq!((best.head, best.position), (Some(COPY_HEAD), last));
+    let mut one = req.clone();
+    one.batched = false;
+    one.method = PatchMethod::Exact;
+    let mut batched = req.clone();
+    batched.method = PatchMethod::Exact;
+    let (b, c) = (patch(&m, &batched).unwrap(), patch(&m, &one).unwrap());
+    assert_eq!(b.forwards, 2, "one pass per site × layer");
+    assert_eq!(c.forwards, n + 4 * n);
+    assert_same(&b, &c, "copy head: batched vs per cell");
+}
+
+#[test]
+fn heads_on_the_command_line() {
+    let dir = copy_head_model();
+    let model = dir.path().to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("heads.csv");
+    let base = [
+        "patch",
+        "--model",
+        model,
+        "--clean",
+        "the model was it",
+        "--corrupt",
+        "the model and it",
+        "--target",
+        " was",
+        "--foil",
+        " and",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--sites", "mlp_out", "--heads", "--json", "--out"]);
+    args.push(csv.to_str().unwrap());
+    let (code, out, err) = common::run_ftri(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cells = v["cells"].as_array().unwrap();
+    let n = v["tokens"].as_array().unwrap().len();
+    assert_eq!(
+        cells.len(),
+        n + 4 * n,
+        "mlp_out then 4 heads × {n} positions"
+    );
+    let z: Vec<_> = cells.iter().filter(|c| c["site"] == "z").collect();
+    assert_eq!(z.len(), 4 * n);
+    assert!(z.iter().all(|c| c["head"].is_u64()));
+    assert_eq!(z[0]["head"], 0);
+    assert_eq!(z[n]["head"], 1, "layer, head, then position");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let row = format!("z,0,{},{COPY_HEAD},", n - 1);
+    assert!(text.lines().any(|l| l.starts_with(&row)), "{text}");
+
+    // the table: a head × position grid per layer
+    let mut args = base.to_vec();
+    args.extend(["--sites", "z"]);
+    let (code, out, err) = common::run_ftri(&args);
+    assert_eq!(code, 0, "{err}");
+    for s in [
+        "z (heads) · layer 0",
+        "0.h0",
+        &format!("0.h{COPY_HEAD}"),
+        "head",
+    ] {
+        assert!(out.contains(s), "`{s}` missing from:\n{out}");
+    }
+
+    // attention internals other than hook_z have no per-position cells
+    for bad in ["attn.hook_pattern", "attn.hook_q"] {
+        let mut args = base.to_vec();
+        args.extend(["--sites", bad, "--heads"]);
+        let (code, _, err) = common::run_ftri(&args);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad}: one line: {err}");
+        assert!(err.contains("--heads"), "{bad}: {err}");
+    }
 }

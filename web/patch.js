@@ -36,6 +36,41 @@ function patchGrid(r, site, key) {
   return el("table", { class: "grid patch-grid", style: { width: "auto" } }, el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+// Per-head cells (site z, blocks.L.attn.hook_z): a layer × head grid at one position, chosen
+// below the grid (default: the position holding the largest |value|); each cell links to the
+// head's page /neuron/L.hH (it has top examples when the atlas recorded hook_z).
+function patchHeadGrid(r, key) {
+  const cells = r.cells.filter((c) => c.site === "z" && c.head !== null && c.head !== undefined);
+  const layers = [...new Set(cells.map((c) => c.layer))].sort((a, b) => a - b);
+  const heads = [...new Set(cells.map((c) => c.head))].sort((a, b) => a - b);
+  const positions = [...new Set(cells.map((c) => c.position))].sort((a, b) => a - b);
+  const at = new Map(cells.map((c) => [`${c.layer}:${c.head}:${c.position}`, c]));
+  let best = cells[0];
+  for (const c of cells) if (Math.abs(c[key] ?? 0) > Math.abs(best[key] ?? 0)) best = c;
+  const pick = el("select", { class: "head-position" },
+    ...positions.map((p) => el("option", { value: String(p) }, `${p}: ${tokenText(r.tokens[p] || "?")}`)));
+  if (best) pick.value = String(best.position);
+  const holder = el("div", {});
+  const draw = () => {
+    const p = Number(pick.value);
+    const head = el("tr", {}, el("th", {}, "layer"), ...heads.map((h) => el("th", { class: "num" }, `h${h}`)));
+    const body = layers.map((l) => el("tr", {}, el("th", { class: "num" }, l),
+      ...heads.map((h) => {
+        const c = at.get(`${l}:${h}:${p}`);
+        if (!c) return el("td", {}, "");
+        const v = c[key];
+        const tip = `head ${l}.h${h} · position ${p} “${tokenText(r.tokens[p] || "")}” · recovered ${fmt(c.recovered, 3)}` +
+          (c.attribution !== undefined ? ` · attribution ${fmt(c.attribution, 3)}` : "");
+        return el("td", { class: "patch-cell head-cell num", style: { background: patchColor(v) }, "data-layer": l, "data-head": h, "data-position": p },
+          el("a", { href: `/neuron/${l}.h${h}`, onmousemove: (ev) => showTip(ev, tip), onmouseleave: hideTip, "aria-label": tip }, fmt(v, 2)));
+      })));
+    holder.replaceChildren(el("table", { class: "grid patch-grid head-grid", style: { width: "auto" } }, el("thead", {}, head), el("tbody", {}, ...body)));
+  };
+  pick.addEventListener("change", draw);
+  draw();
+  return el("div", {}, el("label", { class: "small muted" }, "heads at position ", pick), holder);
+}
+
 function patchResult(r) {
   const what = r.foil ? `logit(“${r.target}”) − logit(“${r.foil}”)` : `log p(“${r.target}”)`;
   const out = el("div", { id: "patch-result" },
@@ -48,8 +83,9 @@ function patchResult(r) {
   const sites = [...new Set(r.cells.map((c) => c.site))];
   const attr = r.cells.some((c) => c.attribution !== undefined);
   for (const s of sites) {
-    const card = section(s, el("h3", {}, attr ? "exact" : ""), patchGrid(r, s, "recovered"));
-    if (attr) card.append(el("h3", {}, "attribution estimate"), patchGrid(r, s, "attribution"));
+    const grid = (key) => (s === "z" ? patchHeadGrid(r, key) : patchGrid(r, s, key));
+    const card = section(s === "z" ? "z (heads: attn.hook_z)" : s, el("h3", {}, attr ? "exact" : ""), grid("recovered"));
+    if (attr) card.append(el("h3", {}, "attribution estimate"), grid("attribution"));
     card.dataset.site = s;
     out.append(card);
   }
@@ -78,6 +114,8 @@ function patchPage() {
   const align = opt("align", ["", "left", "right"]);
   const noise = el("input", { id: "noise", type: "number", step: "any", min: "0", placeholder: "σ (e.g. 3)", style: { width: "7em" } });
   const subject = input("subject", "", "subject (noise)");
+  const heads = el("input", { id: "heads", type: "checkbox" });
+  heads.checked = q.get("heads") === "1" || q.get("heads") === "true";
   const go = el("button", { id: "run-patch", type: "button" }, "Patch");
   const out = el("div", { id: "patch-out" });
   const lab = (t, x) => el("label", { class: "stack" }, t, x);
@@ -87,7 +125,7 @@ function patchPage() {
   el("div", { class: "cols" }, lab("Clean", clean), lab("Corrupted", corrupt)),
   el("div", { class: "cols" }, lab("Target", target), lab("Foil", foil)),
   el("div", { class: "row" }, lab("Sites", sites), lab("Metric", metric), lab("Method", method), lab("Align", align),
-    lab("Noise σ", noise), lab("Subject", subject), go), out);
+    lab("Noise σ", noise), lab("Subject", subject), lab("Heads", heads), go), out);
   go.addEventListener("click", async () => {
     out.replaceChildren(el("p", { class: "muted" }, "Running…"));
     const body = {
@@ -97,6 +135,7 @@ function patchPage() {
     else body.corrupt = corrupt.value;
     if (foil.value) body.foil = foil.value;
     if (align.value) body.align = align.value;
+    if (heads.checked) body.heads = true;
     try { out.replaceChildren(patchResult(await api("/api/patch", body))); } catch (e) { out.replaceChildren(errorBox(e)); }
   });
   for (const [k, x] of [["metric", metric], ["method", method], ["align", align], ["noise", noise]]) if (q.get(k)) x.value = q.get(k);

@@ -37,12 +37,20 @@
 //! linear in the site and degrades with the curvature between the two runs; both are reported,
 //! with their Pearson correlation over all cells.
 //!
-//! Heads: every cell carries `head` (always `None` here). Per-head patching through
-//! `blocks.L.attn.hook_z` is one more `PatchSite` variant once those hook points exist: its
-//! replacement is the same blend restricted to one head's d_head columns (`Intervention::units`).
+//! Heads (`--heads`, the site `z` = `blocks.L.attn.hook_z`, TransformerLens's short name for it):
+//! one cell per layer × head × position, restoring only that head's clean output (its d_head
+//! entries of hook_z at that position) into the corrupted run; the cell's `head` is H (null for
+//! every other site). Batched like the others: one forward pass per layer holds a copy of the
+//! corrupted run per head × position (split only by `MAX_BATCH_LOGITS`), the `[rows, T, H, 1]`
+//! mask blending the clean head in; the per-cell reference selects the head's units
+//! `H·d_head..(H+1)·d_head` of the token-major view. Patching every head of a layer at a
+//! position is patching that layer's `attn_out` there (the output projection and any post-norm
+//! are a function of that position's z alone, its bias the same in both runs). Attribution
+//! sums gradient × difference over the head's d_head entries. Other attention-internal sites
+//! (q, k, v, scores, pattern, result) are not patched: their positions are not the cells'.
 
 use crate::error::user_error;
-use crate::model::{HookSet, Intervention, Model, Op, Site, SiteKind};
+use crate::model::{AttnHook, HookSet, Intervention, Model, Op, Site, SiteKind};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
@@ -154,12 +162,16 @@ pub enum Corruption {
     },
 }
 
-/// Per-block hook points `patch` accepts, by short name (`mlp_out`) or TransformerLens suffix
-/// (`hook_mlp_out`, `mlp.hook_post`).
+/// The site of per-head cells: each head's output `blocks.L.attn.hook_z`, short name `z`.
+pub const HEAD_SITE: SiteKind = SiteKind::Attn(AttnHook::Z);
+
+/// Per-block hook points `patch` accepts, by short name (`mlp_out`, `z` for the per-head
+/// `attn.hook_z`) or TransformerLens suffix (`hook_mlp_out`, `mlp.hook_post`).
 pub fn parse_sites(spec: &str) -> Result<Vec<SiteKind>> {
     let mut out = Vec::new();
     for s in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let k = match s {
+            "z" | "attn_z" => Some(HEAD_SITE),
             "resid_pre" => Some(SiteKind::ResidPre),
             "resid_mid" => Some(SiteKind::ResidMid),
             "resid_post" => Some(SiteKind::ResidPost),
@@ -174,6 +186,15 @@ pub fn parse_sites(spec: &str) -> Result<Vec<SiteKind>> {
                  mlp_post, or a hook suffix such as mlp.hook_pre)"
             ))
         })?;
+        if let SiteKind::Attn(h) = k {
+            if k != HEAD_SITE {
+                return Err(user_error(format!(
+                    "--sites: {} cannot be patched by position (patch attention per head \
+                     through hook_z: --heads, or the site z)",
+                    h.suffix()
+                )));
+            }
+        }
         if !out.contains(&k) {
             out.push(k);
         }
@@ -193,6 +214,7 @@ pub fn site_name(k: SiteKind) -> String {
         SiteKind::AttnOut => "attn_out".into(),
         SiteKind::MlpOut => "mlp_out".into(),
         SiteKind::MlpPost => "mlp_post".into(),
+        HEAD_SITE => "z".into(),
         other => other.suffix().into_owned(),
     }
 }
@@ -241,7 +263,7 @@ pub struct PatchCell {
     pub layer: usize,
     /// Position in the clean prompt (an index into `tokens`).
     pub position: usize,
-    /// The attention head, for per-head cells (none yet: always null).
+    /// The attention head of a per-head cell (site `z`); null for every other site.
     pub head: Option<usize>,
     /// (patched − corrupt) / (clean − corrupt).
     pub recovered: f64,
@@ -286,7 +308,8 @@ pub struct Patching {
     pub correlation: Option<f64>,
     /// Forward passes spent on the patched runs (not counting the clean and corrupted ones).
     pub forwards: usize,
-    /// Site by site (in the requested order), layer, then position.
+    /// Site by site (in the requested order), layer, then position; for `z` layer, head, then
+    /// position.
     pub cells: Vec<PatchCell>,
 }
 
@@ -295,7 +318,7 @@ struct Instance {
     ids: Vec<u32>,
     /// The `hook_embed` replacement of a noised run.
     embed: Option<Tensor>,
-    /// Captured activation [1, T, D] per patched site.
+    /// Captured activation per patched site: [1, T, D], hook_z [1, T, H, Dh].
     acts: Vec<Tensor>,
     metric: f64,
 }
@@ -641,26 +664,41 @@ pub fn patch_until(
         )));
     }
 
-    // Exact patching.
+    // Exact patching. Rows of a site × layer: (head, pair index), heads only for `z`.
+    let n_heads = model.cfg.n_heads;
+    let d_head = model.cfg.head_dim;
     let vocab = model.cfg.vocab_size.max(1);
     let rows_per_pass = (MAX_BATCH_LOGITS / (corrupt_ids.len() * vocab)).max(1);
     let mut forwards = 0;
-    let mut cells = Vec::with_capacity(plan.len() * pairs.len());
+    let mut cells = Vec::new();
+    // index of each plan entry's first cell (attribution fills the same cells)
+    let mut first_cell = Vec::with_capacity(plan.len());
     for (si, &(kind, layer, site)) in plan.iter().enumerate() {
-        let mut sum = vec![0f64; pairs.len()];
+        let heads: Vec<Option<usize>> = if kind == HEAD_SITE {
+            (0..n_heads).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let rows: Vec<(Option<usize>, usize)> = heads
+            .iter()
+            .flat_map(|&h| (0..pairs.len()).map(move |j| (h, j)))
+            .collect();
+        let mut sum = vec![0f64; rows.len()];
         for inst in &instances {
             let aligned = clean_on_corrupt(&clean_acts[si], &inst.acts[si], &pairs)?;
             let patched = if r.batched {
-                let mut out = Vec::with_capacity(pairs.len());
-                for chunk in pairs.chunks(rows_per_pass) {
+                let mut out = Vec::with_capacity(rows.len());
+                for chunk in rows.chunks(rows_per_pass) {
                     keep_going()?;
+                    let chunk: Vec<(Option<usize>, usize)> =
+                        chunk.iter().map(|&(h, j)| (h, pairs[j].1)).collect();
                     out.extend(batched_pass(
                         model,
                         inst,
                         site,
                         &inst.acts[si],
                         &aligned,
-                        chunk,
+                        &chunk,
                         r,
                         target,
                         foil_id,
@@ -669,14 +707,17 @@ pub fn patch_until(
                 }
                 out
             } else {
-                let mut out = Vec::with_capacity(pairs.len());
-                for &(_, q) in &pairs {
+                let mut out = Vec::with_capacity(rows.len());
+                for &(h, j) in &rows {
                     keep_going()?;
                     let mut hooks = HookSet::new();
                     if let Some(e) = &inst.embed {
                         hooks.intervene(replace(Site::Embed, e.clone(), None));
                     }
-                    hooks.intervene(replace(site, aligned.clone(), Some(vec![q])));
+                    let mut iv = replace(site, aligned.clone(), Some(vec![pairs[j].1]));
+                    // a head is its d_head units of hook_z's token-major view
+                    iv.units = h.map(|h| (h * d_head..(h + 1) * d_head).collect());
+                    hooks.intervene(iv);
                     let logits = model
                         .forward(&model.batch(std::slice::from_ref(&inst.ids))?, &mut hooks)?
                         .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
@@ -689,12 +730,13 @@ pub fn patch_until(
                 *s += m;
             }
         }
-        for (&(p, _), s) in pairs.iter().zip(sum) {
+        first_cell.push(cells.len());
+        for (&(head, j), s) in rows.iter().zip(sum) {
             cells.push(PatchCell {
                 site: site_name(kind),
                 layer,
-                position: p,
-                head: None,
+                position: pairs[j].0,
+                head,
                 recovered: (s / n_inst - corrupt_metric) / denom,
                 attribution: None,
             });
@@ -716,19 +758,30 @@ pub fn patch_until(
                 .forward(&model.batch(std::slice::from_ref(&inst.ids))?, &mut hooks)?
                 .ok_or_else(|| anyhow::anyhow!("the forward pass returned no logits"))?;
             let grads = metric_tensor(&logits, last, r.metric, target, foil_id)?.backward()?;
-            for (si, &(_, _, site)) in plan.iter().enumerate() {
+            for (si, &(kind, _, site)) in plan.iter().enumerate() {
                 let Some((act, g)) = hooks.gradient(site, &grads)? else {
                     anyhow::bail!("{site}: the differentiable pass did not reach it");
                 };
                 let aligned = clean_on_corrupt(&clean_acts[si], &act, &pairs)?;
-                // per corrupted position q: Σ_d grad[q, d] · (clean − corrupt)[q, d]
-                let per_pos = ((aligned - &act)? * g)?
+                // per corrupted position q (and head): Σ_d grad · (clean − corrupt) over the
+                // last axis, which for hook_z [1, T, H, Dh] is the head's d_head entries
+                let prod = ((aligned - &act)? * g)?
                     .to_dtype(DType::F64)?
                     .sum(D::Minus1)?
-                    .squeeze(0)?
-                    .to_vec1::<f64>()?;
-                for (j, &(_, q)) in pairs.iter().enumerate() {
-                    est[si * pairs.len() + j] += per_pos[q];
+                    .squeeze(0)?;
+                let per_pos: Vec<Vec<f64>> = if kind == HEAD_SITE {
+                    prod.to_vec2::<f64>()?
+                } else {
+                    prod.to_vec1::<f64>()?
+                        .into_iter()
+                        .map(|x| vec![x])
+                        .collect()
+                };
+                let n_h = per_pos.first().map_or(1, Vec::len);
+                for h in 0..n_h {
+                    for (j, &(_, q)) in pairs.iter().enumerate() {
+                        est[first_cell[si] + h * pairs.len() + j] += per_pos[q][h];
+                    }
                 }
             }
         }
@@ -799,8 +852,8 @@ fn clean_on_corrupt(clean: &Tensor, corrupt: &Tensor, pairs: &[(usize, usize)]) 
     Ok(both.index_select(&idx, 0)?.unsqueeze(0)?)
 }
 
-/// One forward pass over copies of the corrupted run, copy i patched at `chunk[i]`'s position:
-/// the metric of each copy.
+/// One forward pass over copies of the corrupted run, copy i patched at `chunk[i]`'s corrupted
+/// position (and only in its head, for hook_z `[1, T, H, Dh]`): the metric of each copy.
 #[allow(clippy::too_many_arguments)]
 fn batched_pass(
     model: &Model,
@@ -808,23 +861,34 @@ fn batched_pass(
     site: Site,
     corrupt: &Tensor,
     aligned: &Tensor,
-    chunk: &[(usize, usize)],
+    chunk: &[(Option<usize>, usize)],
     r: &PatchRequest,
     target: u32,
     foil: u32,
 ) -> Result<Vec<f64>> {
     let rows = chunk.len();
-    let (_, t, d) = corrupt.dims3()?;
-    let mut mask = vec![0f32; rows * t];
-    for (i, &(_, q)) in chunk.iter().enumerate() {
-        mask[i * t + q] = 1.0;
+    let dims = corrupt.dims().to_vec();
+    let t = dims[1];
+    // heads per token in the mask: 1 for a [1, T, D] site (the whole row), H for hook_z
+    let nh = if dims.len() == 4 { dims[2] } else { 1 };
+    let mut mask = vec![0f32; rows * t * nh];
+    for (i, &(h, q)) in chunk.iter().enumerate() {
+        let h = h.unwrap_or(0);
+        mask[(i * t + q) * nh + h] = 1.0;
     }
     let dev: &Device = corrupt.device();
-    let m = Tensor::from_vec(mask, (rows, t, 1), dev)?.to_dtype(corrupt.dtype())?;
+    let mshape: Vec<usize> = if dims.len() == 4 {
+        vec![rows, t, nh, 1]
+    } else {
+        vec![rows, t, 1]
+    };
+    let m = Tensor::from_vec(mask, mshape, dev)?.to_dtype(corrupt.dtype())?;
     let keep = (1.0 - &m)?;
-    // copy i: the corrupted activation everywhere but at its position, the clean one there
+    // copy i: the corrupted activation everywhere but at its cell, the clean one there
     let value = (corrupt.broadcast_mul(&keep)? + aligned.broadcast_mul(&m)?)?;
-    let value = value.broadcast_as((rows, t, d))?.contiguous()?;
+    let mut full = dims.clone();
+    full[0] = rows;
+    let value = value.broadcast_as(full)?.contiguous()?;
     let mut hooks = HookSet::new();
     if let Some(e) = &inst.embed {
         let e = e.broadcast_as((rows, t, e.dim(2)?))?.contiguous()?;

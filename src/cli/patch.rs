@@ -1,10 +1,11 @@
 //! `ftri patch`: activation patching and causal tracing (`analyze::patch`): parse the flags, run
-//! the library job, print a layer × position grid per site, `--json`, or a CSV file.
+//! the library job, print a layer × position grid per site (per-head `z` cells: a head ×
+//! position grid per layer), `--json`, or a CSV file.
 
 use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::patch::{
-    parse_sites, patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching,
+    parse_sites, patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching, HEAD_SITE,
 };
 use crate::error::user_error;
 use crate::output::{print_json, write_atomic};
@@ -32,6 +33,10 @@ pub struct PatchArgs {
     /// Per-block sites patched: resid_pre, attn_out, mlp_out, resid_mid, resid_post, mlp_post
     #[arg(long, default_value = "resid_pre,attn_out,mlp_out")]
     pub sites: String,
+    /// Also patch every attention head: one cell per layer × head × position, restoring that
+    /// head's output (its slice of blocks.L.attn.hook_z) at that position; site `z`
+    #[arg(long)]
+    pub heads: bool,
     /// Layers patched: `0-5`, `1,3,5` (default: all)
     #[arg(long)]
     pub layers: Option<String>,
@@ -68,7 +73,10 @@ pub struct PatchArgs {
 pub fn run(a: PatchArgs) -> Result<()> {
     let metric = Metric::parse(&a.metric)?;
     let method = PatchMethod::parse(&a.method)?;
-    let sites = parse_sites(&a.sites)?;
+    let mut sites = parse_sites(&a.sites)?;
+    if a.heads && !sites.contains(&HEAD_SITE) {
+        sites.push(HEAD_SITE);
+    }
     let align = a.align.as_deref().map(Align::parse).transpose()?;
     if a.target.is_empty() {
         return Err(user_error("--target is empty"));
@@ -191,6 +199,10 @@ fn print_grids(r: &Patching, secs: f64) {
             &[("", false)]
         };
     for site in sites {
+        if site == "z" {
+            print_head_grids(r, grids, &positions);
+            continue;
+        }
         for &(label, attr) in grids {
             println!();
             println!(
@@ -242,5 +254,64 @@ fn print_grids(r: &Patching, secs: f64) {
             "correlation of attribution with exact over {} cells: {c:.4}",
             r.cells.len()
         );
+    }
+}
+
+/// Per-head cells (site `z`): a head × position grid per layer.
+fn print_head_grids(r: &Patching, grids: &[(&str, bool)], positions: &[usize]) {
+    let mut layers: Vec<usize> = r
+        .cells
+        .iter()
+        .filter(|c| c.site == "z")
+        .map(|c| c.layer)
+        .collect();
+    layers.dedup();
+    for l in layers {
+        for &(label, attr) in grids {
+            println!();
+            println!(
+                "z (heads) · layer {l}{}{}",
+                if label.is_empty() { "" } else { " · " },
+                label
+            );
+            print!("{:>6}", "head");
+            for &p in positions {
+                print!(
+                    " {:>8}",
+                    header(r.tokens.get(p).map(String::as_str).unwrap_or("?"))
+                );
+            }
+            println!();
+            let mut heads: Vec<usize> = r
+                .cells
+                .iter()
+                .filter(|c| c.site == "z" && c.layer == l)
+                .filter_map(|c| c.head)
+                .collect();
+            heads.dedup();
+            for h in heads {
+                print!("{:>6}", format!("{l}.h{h}"));
+                for &p in positions {
+                    let v = r
+                        .cells
+                        .iter()
+                        .find(|c| {
+                            c.site == "z" && c.layer == l && c.head == Some(h) && c.position == p
+                        })
+                        .and_then(|c| {
+                            if attr {
+                                c.attribution
+                            } else {
+                                Some(c.recovered)
+                            }
+                        });
+                    match v {
+                        Some(v) => print!(" {v:>8.3}"),
+                        None => print!(" {:>8}", "–"),
+                    }
+                }
+                println!();
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use super::jobs::{self, Wait};
 use super::Shared;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::patch::{
-    parse_sites, patch_until, Align, Corruption, Metric, PatchMethod, PatchRequest,
+    parse_sites, patch_until, Align, Corruption, Metric, PatchMethod, PatchRequest, HEAD_SITE,
 };
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -26,6 +26,8 @@ pub(super) struct PatchReq {
     foil: Option<String>,
     /// Comma list, as `--sites` (default resid_pre,attn_out,mlp_out).
     sites: Option<String>,
+    /// As `--heads`: also patch every head's hook_z (cells of site `z` with `head`).
+    heads: Option<bool>,
     /// As `--layers` (default all).
     layers: Option<String>,
     metric: Option<String>,
@@ -76,7 +78,10 @@ pub(super) async fn patch(
         }
         _ => return Err(ApiError::bad("give either corrupt or noise")),
     };
-    let sites = parse_sites(req.sites.as_deref().unwrap_or("resid_pre,attn_out,mlp_out"))?;
+    let mut sites = parse_sites(req.sites.as_deref().unwrap_or("resid_pre,attn_out,mlp_out"))?;
+    if req.heads == Some(true) && !sites.contains(&HEAD_SITE) {
+        sites.push(HEAD_SITE);
+    }
     let metric = Metric::parse(req.metric.as_deref().unwrap_or("logit_diff"))?;
     let method = PatchMethod::parse(req.method.as_deref().unwrap_or("exact"))?;
     let align = match req.align.as_deref() {

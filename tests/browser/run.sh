@@ -9,7 +9,9 @@
 # fires on dog/puppy, `record` a filler-word corpus) and serves it with that model, so the model
 # features (prompt, lesion, localize, describe) are exercised too; it then also records the tiny
 # Mixtral fixture on the same corpus and drives the expert map and an expert page (experts.mjs)
-# against a second server.
+# against a second server, and records the planted model's heads (`blocks.*.attn.hook_z`) to
+# drive the patching page (with per-head cells) and a head's attention pattern (patch.mjs)
+# against a third.
 # Needs: node + npm (playwright-core is installed here from package-lock.json if missing) and
 # Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium; override with CHROMIUM=).
 # Screenshots: $FTRI_ARTIFACTS or target/browser-artifacts/.
@@ -34,8 +36,9 @@ fi
 work="$(mktemp -d)"
 pid=""
 pid_moe=""
+pid_heads=""
 cleanup() {
-  for p in $pid $pid_moe; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in $pid $pid_moe $pid_heads; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -93,6 +96,23 @@ if [ -n "${FTRI_PLANTED:-}" ]; then
   [ -n "$url_moe" ] || die "the MoE server did not start"
   echo "MoE server at $url_moe (pid $pid_moe)"
   FTRI_URL="$url_moe" CHROMIUM="$chromium" node "$here/experts.mjs" "$art" || status=$?
+
+  # Heads: an atlas of the planted model's hook_z (one unit per head), served with the model.
+  "$bin" record --model "$work/model" --corpus "$work/corpus.txt" --out "$work/head-atlas" \
+    --sites 'blocks.*.attn.hook_z' --top-k 8 >/dev/null 2>&1 || die "recording the heads failed"
+  "$bin" serve --atlas "$work/head-atlas" --model "$work/model" --host 127.0.0.1 --port 0 \
+    2>"$work/serve-heads.log" &
+  pid_heads=$!
+  url_heads=""
+  for _ in $(seq 1 600); do
+    url_heads="$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$work/serve-heads.log" | head -n1 || true)"
+    [ -n "$url_heads" ] && break
+    kill -0 "$pid_heads" 2>/dev/null || { cat "$work/serve-heads.log" >&2; die "the heads server exited"; }
+    sleep 0.1
+  done
+  [ -n "$url_heads" ] || die "the heads server did not start"
+  echo "heads server at $url_heads (pid $pid_heads)"
+  FTRI_URL="$url_heads" CHROMIUM="$chromium" node "$here/patch.mjs" "$art" || status=$?
 fi
 echo "screenshots in $art"
 exit "$status"
