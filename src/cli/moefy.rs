@@ -6,6 +6,7 @@ use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::moefy::{moefy, Method, MoefyRequest, MoefyResult};
 use crate::error::user_error;
+use crate::model::Model;
 use crate::output::{print_json, to_pretty_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -39,6 +40,25 @@ pub struct MoefyArgs {
 }
 
 pub fn run(a: MoefyArgs) -> Result<()> {
+    let m = a.model.load()?;
+    let (bar, mut update) = token_bar();
+    let r = compute(&a, &m, &mut update)?;
+    bar.finish_and_clear();
+    if a.json {
+        print_json(&r)
+    } else {
+        print_table(&r);
+        Ok(())
+    }
+}
+
+/// The job of `ftri moefy` on a loaded model, its files written (the Python bindings call it
+/// too); `progress(stage, done, total)` as the library job's.
+pub fn compute(
+    a: &MoefyArgs,
+    m: &Model,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<MoefyResult> {
     let corpus = a.corpus.spec()?;
     let method = Method::parse(&a.method)?;
     let r_values =
@@ -53,7 +73,6 @@ pub fn run(a: MoefyArgs) -> Result<()> {
                     .collect::<Result<Vec<_>>>()
             })
             .transpose()?;
-    let m = a.model.load()?;
     let layers = parse_layers(a.layers.as_deref(), m.cfg.n_layers)?;
     let req = MoefyRequest {
         corpus,
@@ -63,9 +82,7 @@ pub fn run(a: MoefyArgs) -> Result<()> {
         r_values,
         seed: a.seed,
     };
-    let (bar, mut update) = token_bar();
-    let r = moefy(&m, &req, &mut update)?;
-    bar.finish_and_clear();
+    let r = moefy(m, &req, progress)?;
     std::fs::create_dir_all(&a.out)
         .map_err(|e| user_error(format!("{}: cannot create: {e}", a.out.display())))?;
     let put = |name: &str, text: String| {
@@ -83,12 +100,7 @@ pub fn run(a: MoefyArgs) -> Result<()> {
         }))?,
     )?;
     put("moefy.json", to_pretty_json(&r)?)?;
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    Ok(r)
 }
 
 fn print_table(r: &MoefyResult) {
