@@ -87,11 +87,20 @@ def test_tune(llama, d):
     assert str(e.value) == msg
 
 
-def test_frequency(llama):
-    want = cli_json("frequency", "--model", LLAMA, "--streams", "4", "--cycles", "2", "--top", "5")
-    got = ftri.frequency(llama, streams=4, cycles=2, top=5)
+STREAMS = [
+    "the dog ran home the cat sat down a bird flew off my fish swam away",
+    "a big dog barked the old cat slept one small bird sang her red fish hid",
+    "the cat ran home a dog sat down my fish flew off the bird swam away",
+    "one old dog slept a big cat barked the red bird hid my small fish sang",
+]
+
+
+def test_frequency(llama, d):
+    (d / "streams.txt").write_text("\n".join(STREAMS) + "\n")
+    want = cli_json("frequency", "--model", LLAMA, "--stimuli", d / "streams.txt", "--levels", "word=1,phrase=4", "--top", "5")
+    got = ftri.frequency(llama, stimuli=STREAMS, levels="word=1,phrase=4", top=5)
     assert records(got["units"]) == want["units"]
-    assert ftri.frequency(llama, streams=4, cycles=2, top=5, as_frame=False) == want
+    assert ftri.frequency(llama, stimuli=d / "streams.txt", levels="word=1,phrase=4", top=5, as_frame=False) == want
     msg = cli_error("frequency", "--model", LLAMA, "--levels", "word=two")
     with pytest.raises(ftri.FtriError) as e:
         ftri.frequency(llama, levels="word=two")
@@ -121,8 +130,11 @@ def test_modules(llama, d, tmp_path):
     want = cli_json("modules", "--model", LLAMA, "--corpus", d / "corpus.txt", *CORPUS_FLAGS, "--layers", "1", "--k", "4", "--out", tmp_path / "cli")
     got = ftri.modules(llama, d / "corpus.txt", ctx=16, max_tokens=600, layers=1, k=4, out=tmp_path / "py")
     assert records(got["modules"]) == want["modules"]
-    assert ftri.modules(llama, [d / "corpus.txt"], ctx=16, max_tokens=600, layers="1", k=4, as_frame=False) == want
-    assert (tmp_path / "py" / "modules.json").read_text() == (tmp_path / "cli" / "modules.json").read_text()
+    plain = ftri.modules(llama, [d / "corpus.txt"], ctx=16, max_tokens=600, layers="1", k=4, as_frame=False)
+    assert plain.pop("speed").keys() == want.pop("speed").keys()  # timings
+    assert plain == want
+    files = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "py").iterdir()) and "modules.json" in files
     msg = cli_error("modules", "--model", LLAMA, "--corpus", d / "corpus.txt", "--auto", "--max-k", "1", "--out", tmp_path / "x")
     with pytest.raises(ftri.FtriError) as e:
         ftri.modules(llama, d / "corpus.txt", auto=True, max_k=1)
