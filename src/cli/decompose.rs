@@ -1,12 +1,12 @@
 //! `ftri decompose`: semi-NMF of one site's activations into components (see
 //! `analyze::decompose`); writes the components F [d, k] to safetensors.
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::decompose::{decompose, DecomposeRequest, DecomposeResult};
 use crate::error::user_error;
 use crate::model::Model;
-use crate::output::{print_json, write_safetensors};
+use crate::output::write_safetensors;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -44,16 +44,7 @@ pub struct DecomposeArgs {
 }
 
 pub fn run(a: DecomposeArgs) -> Result<()> {
-    let m = a.model.load()?;
-    let (bar, mut update) = token_bar();
-    let r = compute(&a, &m, &mut update)?;
-    bar.finish_and_clear();
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
 }
 
 /// The job of `ftri decompose` on a loaded model, its files written (the Python bindings call it

@@ -107,17 +107,33 @@ pub fn token_bar() -> (ProgressBar, impl FnMut(&str, u64, u64)) {
     (bar, update)
 }
 
-pub fn run(a: ModulesArgs) -> Result<()> {
-    let m = a.model.load()?;
+/// Load the model, run `compute` with a token progress bar (`token_bar`), then print the result
+/// as `--json` or with `print`.
+pub fn run_with_bar<R: serde::Serialize>(
+    model: &ModelArgs,
+    json: bool,
+    compute: impl FnOnce(&Model, &mut dyn FnMut(&str, u64, u64)) -> Result<R>,
+    print: impl FnOnce(&R),
+) -> Result<()> {
+    let m = model.load()?;
     let (bar, mut update) = token_bar();
-    let r = compute(&a, &m, &mut update)?;
+    let r = compute(&m, &mut update)?;
     bar.finish_and_clear();
-    if a.json {
+    if json {
         print_json(&r)
     } else {
-        print_table(&r, &a.out);
+        print(&r);
         Ok(())
     }
+}
+
+pub fn run(a: ModulesArgs) -> Result<()> {
+    run_with_bar(
+        &a.model,
+        a.json,
+        |m, p| compute(&a, m, p),
+        |r| print_table(r, &a.out),
+    )
 }
 
 /// The job of `ftri modules` on a loaded model, its files written (the Python bindings call it

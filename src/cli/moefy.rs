@@ -1,13 +1,13 @@
 //! `ftri moefy`: MoEfication of the dense FFNs and its loss-vs-experts curve (see
 //! `analyze::moefy`); writes `DIR/moefy.json` and `DIR/experts.json` (each layer's experts).
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::moefy::{moefy, Method, MoefyRequest, MoefyResult};
 use crate::error::user_error;
 use crate::model::Model;
-use crate::output::{print_json, to_pretty_json, write_atomic};
+use crate::output::{to_pretty_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -40,16 +40,7 @@ pub struct MoefyArgs {
 }
 
 pub fn run(a: MoefyArgs) -> Result<()> {
-    let m = a.model.load()?;
-    let (bar, mut update) = token_bar();
-    let r = compute(&a, &m, &mut update)?;
-    bar.finish_and_clear();
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
 }
 
 /// The job of `ftri moefy` on a loaded model, its files written (the Python bindings call it

@@ -1,13 +1,13 @@
 //! `ftri sparsity`: lazy neurons per layer and the loss of exact against statistical top-k
 //! (see `analyze::sparsity`).
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::sparsity::{sparsity, SparsityRequest, SparsityResult};
 use crate::error::user_error;
 use crate::model::Model;
-use crate::output::print_json;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -31,16 +31,7 @@ pub struct SparsityArgs {
 }
 
 pub fn run(a: SparsityArgs) -> Result<()> {
-    let m = a.model.load()?;
-    let (bar, mut update) = token_bar();
-    let r = compute(&a, &m, &mut update)?;
-    bar.finish_and_clear();
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
 }
 
 /// The job of `ftri sparsity` on a loaded model, its files written (the Python bindings call it
