@@ -749,14 +749,16 @@ fn parse_flags<A: clap::Args + clap::FromArgMatches>(argv: &[String]) -> Result<
 
 /// `ftri VERB FLAGS --json` for the analyses that take their inputs as flags (experts, patch,
 /// tune, frequency, align, modules, sparsity, moefy, decompose, celltypes): the same argument
-/// parsing and the same job (`ftri::cli::VERB::compute`) as the CLI, on an already loaded model.
+/// parsing and the same job (`ftri::cli::VERB::compute`) as the CLI, on an already loaded model;
+/// `progress(stage, done, total)` over tokens for modules, sparsity, moefy and decompose.
 #[pyfunction]
-#[pyo3(signature = (verb, argv, model = None))]
+#[pyo3(signature = (verb, argv, model = None, progress = None))]
 fn analyze(
     py: Python<'_>,
     verb: String,
     argv: Vec<String>,
     model: Option<&PyModel>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     use ftri::cli;
     let m = model.map(|m| m.inner.clone());
@@ -771,7 +773,16 @@ fn analyze(
             m.as_deref()
                 .ok_or_else(|| anyhow::anyhow!("ftri {verb} needs a model"))
         };
-        let mut quiet = |_: &str, _: u64, _: u64| {};
+        // the corpus verbs' `progress(stage, tokens_done, tokens_total)`, with the GIL taken back
+        let mut update = |stage: &str, done: u64, total: u64| {
+            if let Some(cb) = progress.as_ref() {
+                Python::attach(|py| {
+                    if let Err(err) = cb.call1(py, (stage, done, total)) {
+                        err.print(py);
+                    }
+                });
+            }
+        };
         let f = &flags;
         match verb.as_str() {
             "experts" => json(&cli::experts::compute(&parse_flags(f)?, model()?)?),
@@ -782,22 +793,22 @@ fn analyze(
             "modules" => json(&cli::modules::compute(
                 &parse_flags(f)?,
                 model()?,
-                &mut quiet,
+                &mut update,
             )?),
             "sparsity" => json(&cli::sparsity::compute(
                 &parse_flags(f)?,
                 model()?,
-                &mut quiet,
+                &mut update,
             )?),
             "moefy" => json(&cli::moefy::compute(
                 &parse_flags(f)?,
                 model()?,
-                &mut quiet,
+                &mut update,
             )?),
             "decompose" => json(&cli::decompose::compute(
                 &parse_flags(f)?,
                 model()?,
-                &mut quiet,
+                &mut update,
             )?),
             "celltypes" => json(&cli::celltypes::compute(&parse_flags(f)?)?),
             other => Err(anyhow::anyhow!("no analysis `{other}`")),

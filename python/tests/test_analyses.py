@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import ftri
-from conftest import FIXTURES, cli_error, cli_json
+from conftest import FIXTURES, cli, cli_error, cli_json
 
 LLAMA = FIXTURES / "llama"
 MIXTRAL = FIXTURES / "mixtral"
@@ -150,6 +150,20 @@ def test_sparsity(llama, d):
     with pytest.raises(ftri.FtriError) as e:
         ftri.sparsity(llama, d / "corpus.txt", keep="x")
     assert str(e.value) == msg
+
+
+def test_progress_and_flag_errors(llama, d):
+    seen = []
+    flags = ["--corpus", str(d / "corpus.txt"), "--ctx=16", "--max-tokens=600"]
+    ftri._ftri.analyze("sparsity", flags, model=llama._m, progress=lambda *a: seen.append(a))
+    assert seen and seen[-1][1] == seen[-1][2] > 0 and isinstance(seen[-1][0], str)
+    assert ftri.sparsity(llama, d / "corpus.txt", ctx=16, max_tokens=600, progress=True)["tokens"] > 0
+    # clap's errors: its first line, as the CLI prints it
+    r = cli("patch", "--model", LLAMA, "--clean", "a", "--corrupt", "b", "--noise", "3", "--target", " c", check=False)
+    assert r.returncode == 2
+    with pytest.raises(ftri.FtriError) as e:
+        ftri.patch(llama, "a", "b", " c", noise=3)
+    assert "error: " + str(e.value) == r.stderr.splitlines()[0]
 
 
 def test_moefy(llama, d, tmp_path):

@@ -1,5 +1,6 @@
 """ftri from Python: run a transformer with TransformerLens-named hook points, record atlases,
-localize, describe and lesion neurons. The work is done in Rust (the ``ftri`` crate) with the GIL
+localize, describe and lesion neurons, and the CLI's other analyses (experts, patch, tune,
+frequency, align, modules, sparsity, moefy, decompose, celltypes). The work is done in Rust (the ``ftri`` crate) with the GIL
 released; results are numpy arrays, dicts equal to the CLI's ``--json`` output, and pandas
 DataFrames where the data is a table.
 
@@ -406,9 +407,25 @@ def _array_file(a, tmp, name):
     return path
 
 
-def _analyze(verb, model, frames, as_frame, opts):
+def _analyze(verb, model, frames, as_frame, opts, progress=False):
     m = _model(model)._m if model is not None else None
-    r = _json.loads(_ftri.analyze(verb, _flags(opts), model=m))
+    bar = _progress_bar(None, verb) if progress else None
+    cb = None
+    if bar is not None:
+        bar.unit, bar.unit_scale = "tok", False
+
+        def cb(stage, done, total):
+            if bar.desc != stage or bar.total != total:
+                bar.set_description(stage, refresh=False)
+                bar.reset(total=total)
+            bar.n = done
+            bar.refresh()
+
+    try:
+        r = _json.loads(_ftri.analyze(verb, _flags(opts), model=m, progress=cb))
+    finally:
+        if bar is not None:
+            bar.close()
     if as_frame:
         for key in frames:
             if isinstance(r.get(key), list):
@@ -538,42 +555,45 @@ def align(model, stimuli, brain, brain_key=None, repeats=None, methods="ridge,rs
         return _analyze("align", model, ["layers"], as_frame, opts)
 
 
-def _corpus_verb(verb, model, out, suffix, frames, as_frame, opts):
-    if out is not None:
-        return _analyze(verb, model, frames, as_frame, dict(opts, out=out))
+def _corpus_verb(verb, model, out, suffix, frames, as_frame, opts, progress):
+    """A verb over a corpus: a tqdm bar over tokens when ``progress`` (and tqdm is installed);
+    its files into ``out``, or a temporary folder when ``out`` is None (``suffix``: a file)."""
+    if out is not None or suffix is None:
+        return _analyze(verb, model, frames, as_frame, dict(opts, out=out), progress)
     with _tmp() as d:
-        return _analyze(verb, model, frames, as_frame, dict(opts, out=_os.path.join(d, verb + suffix)))
+        return _analyze(verb, model, frames, as_frame, dict(opts, out=_os.path.join(d, verb + suffix)), progress)
 
 
-def modules(model, corpus, layers=None, k=32, auto=False, max_k=64, power=6.0, top=10, promotes=10, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True):
+def modules(model, corpus, layers=None, k=32, auto=False, max_k=64, power=6.0, top=10, promotes=10, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
     """``ftri modules --json``: modules of co-activating neurons over ``corpus`` (a path or a list
     of paths). ``out`` also keeps ``modules.json`` and ``module-ID.json`` (else a temporary folder).
-    With ``as_frame`` the ``modules`` are a DataFrame."""
+    With ``as_frame`` the ``modules`` are a DataFrame. Like ``sparsity``, ``moefy`` and
+    ``decompose``, shows a tqdm bar over tokens when tqdm is installed and ``progress`` is true."""
     opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, layers=layers, k=None if auto else k, auto=auto, max_k=max_k, power=power, top=top, promotes=promotes, seed=seed)
-    return _corpus_verb("modules", model, out, "", ["modules"], as_frame, opts)
+    return _corpus_verb("modules", model, out, "", ["modules"], as_frame, opts, progress)
 
 
-def sparsity(model, corpus, layers=None, eps=0.01, keep="5,10,25,50", text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True):
+def sparsity(model, corpus, layers=None, eps=0.01, keep="5,10,25,50", text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
     """``ftri sparsity --json``: how many MLP neurons are active per token, and the loss when only
     the top ``keep`` percent are kept. With ``as_frame`` ``layers`` and ``topk`` are DataFrames."""
     opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, layers=layers, eps=eps, keep=keep)
-    return _analyze("sparsity", model, ["layers", "topk"], as_frame, opts)
+    return _corpus_verb("sparsity", model, None, None, ["layers", "topk"], as_frame, opts, progress)
 
 
-def moefy(model, corpus, experts, method="keys", layers=None, r=None, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True):
+def moefy(model, corpus, experts, method="keys", layers=None, r=None, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
     """``ftri moefy --json``: split each dense MLP into ``experts`` groups of neurons (MoEfication)
     and the held-out loss when only the best ``r`` are kept. ``out`` also keeps ``experts.json`` and
     ``moefy.json``. With ``as_frame`` the ``curve`` is a DataFrame."""
     opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, experts=experts, method=method, layers=layers, r=r, seed=seed)
-    return _corpus_verb("moefy", model, out, "", ["curve"], as_frame, opts)
+    return _corpus_verb("moefy", model, out, "", ["curve"], as_frame, opts, progress)
 
 
-def decompose(model, corpus, site, k=64, iterations=300, tolerance=1e-5, top=8, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True):
+def decompose(model, corpus, site, k=64, iterations=300, tolerance=1e-5, top=8, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
     """``ftri decompose --json``: semi-NMF of an MLP layer's activations into ``k`` components.
     ``out`` also keeps the ``F`` matrix as safetensors. With ``as_frame`` the ``components`` are a
     DataFrame."""
     opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, site=site, k=k, iterations=iterations, tolerance=tolerance, top=top, seed=seed)
-    return _corpus_verb("decompose", model, out, ".safetensors", ["components"], as_frame, opts)
+    return _corpus_verb("decompose", model, out, ".safetensors", ["components"], as_frame, opts, progress)
 
 
 def celltypes(atlas, k=12, as_frame=True):
