@@ -1,8 +1,8 @@
 """ftri from Python: run a transformer with TransformerLens-named hook points, record atlases,
 localize, describe and lesion neurons, and the CLI's other analyses (experts, patch, tune,
-frequency, align, modules, sparsity, moefy, decompose, celltypes). The work is done in Rust (the ``ftri`` crate) with the GIL
-released; results are numpy arrays, dicts equal to the CLI's ``--json`` output, and pandas
-DataFrames where the data is a table.
+frequency, align, modules, sparsity, moefy, decompose, celltypes). The work is done in Rust (the
+``ftri`` crate) with the GIL released; results are numpy arrays, dicts equal to the CLI's
+``--json`` output, and pandas DataFrames where the data is a table.
 
     import ftri
     model = ftri.Model.load("models/all-MiniLM-L6-v2")
@@ -439,7 +439,17 @@ def _tmp():
     return tempfile.TemporaryDirectory(prefix="ftri-")
 
 
-def experts(model, target, control, measure="rate", layers=None, fdr=0.05, top=20, batch=16, as_frame=True):
+def experts(
+    model,
+    target,
+    control,
+    measure="rate",
+    layers=None,
+    fdr=0.05,
+    top=20,
+    batch=16,
+    as_frame=True,
+):
     """``ftri experts --json``: the experts of a mixture-of-experts model that target stimuli are
     routed to more than control ones. ``target``/``control`` as in ``localize``; ``measure`` rate or
     weight. With ``as_frame`` the ``experts`` list is a DataFrame."""
@@ -504,18 +514,54 @@ def patch(
     return _analyze("patch", model, ["cells"], as_frame, opts)
 
 
-def tune(model, stimuli, site="mlp.hook_post", layers=None, reduce="mean", include_special=False, folds=5, top=50, batch=16, out=None, as_frame=True):
+def tune(
+    model,
+    stimuli,
+    site="mlp.hook_post",
+    layers=None,
+    reduce="mean",
+    include_special=False,
+    folds=5,
+    top=50,
+    batch=16,
+    out=None,
+    as_frame=True,
+):
     """``ftri tune --json``: tuning curves of units to a numeric value. ``stimuli`` is
     ``"builtin:NAME"``, a JSONL file of ``{"text", "value"}`` or a list of such dicts or
     ``(text, value)`` pairs. With ``as_frame`` ``units`` and ``decoding`` are DataFrames."""
     with _tmp() as d:
         if not (isinstance(stimuli, str) and stimuli.startswith("builtin:")):
             stimuli = _lines_file(stimuli, d, "stimuli.jsonl", key="value")
-        opts = dict(stimuli=stimuli, site=site, layers=layers, reduce=reduce, include_special=include_special, folds=folds, top=top, batch=batch, out=out)
+        opts = dict(
+            stimuli=stimuli,
+            site=site,
+            layers=layers,
+            reduce=reduce,
+            include_special=include_special,
+            folds=folds,
+            top=top,
+            batch=batch,
+            out=out,
+        )
         return _analyze("tune", model, ["units", "decoding"], as_frame, opts)
 
 
-def frequency(model, levels="syllable=1,word=2,phrase=4,sentence=8", stimuli=None, streams=24, cycles=8, site="mlp.hook_post", layers=None, fdr=0.05, top=50, seed=0, batch=8, out=None, as_frame=True):
+def frequency(
+    model,
+    levels="syllable=1,word=2,phrase=4,sentence=8",
+    stimuli=None,
+    streams=24,
+    cycles=8,
+    site="mlp.hook_post",
+    layers=None,
+    fdr=0.05,
+    top=50,
+    seed=0,
+    batch=8,
+    out=None,
+    as_frame=True,
+):
     """``ftri frequency --json``: frequency tagging of units by the ``levels`` of structured token
     streams (built-in ones, or ``stimuli``: a file or a list of streams). With ``as_frame`` the
     ``units`` are a DataFrame."""
@@ -525,11 +571,40 @@ def frequency(model, levels="syllable=1,word=2,phrase=4,sentence=8", stimuli=Non
             with open(path, "w", encoding="utf-8") as f:
                 f.write("".join(s.replace("\n", " ") + "\n" for s in stimuli))
             stimuli = path
-        opts = dict(levels=levels, stimuli=stimuli, streams=streams, cycles=cycles, site=site, layers=layers, fdr=fdr, top=top, seed=seed, batch=batch, out=out)
+        opts = dict(
+            levels=levels,
+            stimuli=stimuli,
+            streams=streams,
+            cycles=cycles,
+            site=site,
+            layers=layers,
+            fdr=fdr,
+            top=top,
+            seed=seed,
+            batch=batch,
+            out=out,
+        )
         return _analyze("frequency", model, ["units"], as_frame, opts)
 
 
-def align(model, stimuli, brain, brain_key=None, repeats=None, methods="ridge,rsa,cka", folds=5, site="blocks.*.hook_resid_post", layers=None, reduce="mean", include_special=False, permutations=1000, seed=0, batch=16, out=None, as_frame=True):
+def align(
+    model,
+    stimuli,
+    brain,
+    brain_key=None,
+    repeats=None,
+    methods="ridge,rsa,cka",
+    folds=5,
+    site="blocks.*.hook_resid_post",
+    layers=None,
+    reduce="mean",
+    include_special=False,
+    permutations=1000,
+    seed=0,
+    batch=16,
+    out=None,
+    as_frame=True,
+):
     """``ftri align --json``: how well each layer predicts (ridge), shares geometry with (RSA) and
     resembles (CKA) a brain matrix ``[stimuli x units]`` -- a numpy array or a .npy, .safetensors,
     .csv or .parquet path (``brain_key`` picks a safetensors tensor); ``repeats``
@@ -561,39 +636,162 @@ def _corpus_verb(verb, model, out, suffix, frames, as_frame, opts, progress):
     if out is not None or suffix is None:
         return _analyze(verb, model, frames, as_frame, dict(opts, out=out), progress)
     with _tmp() as d:
-        return _analyze(verb, model, frames, as_frame, dict(opts, out=_os.path.join(d, verb + suffix)), progress)
+        return _analyze(
+            verb,
+            model,
+            frames,
+            as_frame,
+            dict(opts, out=_os.path.join(d, verb + suffix)),
+            progress,
+        )
 
 
-def modules(model, corpus, layers=None, k=32, auto=False, max_k=64, power=6.0, top=10, promotes=10, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
+def modules(
+    model,
+    corpus,
+    layers=None,
+    k=32,
+    auto=False,
+    max_k=64,
+    power=6.0,
+    top=10,
+    promotes=10,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
     """``ftri modules --json``: modules of co-activating neurons over ``corpus`` (a path or a list
     of paths). ``out`` also keeps ``modules.json`` and ``module-ID.json`` (else a temporary folder).
     With ``as_frame`` the ``modules`` are a DataFrame. Like ``sparsity``, ``moefy`` and
     ``decompose``, shows a tqdm bar over tokens when tqdm is installed and ``progress`` is true."""
-    opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, layers=layers, k=None if auto else k, auto=auto, max_k=max_k, power=power, top=top, promotes=promotes, seed=seed)
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        layers=layers,
+        k=None if auto else k,
+        auto=auto,
+        max_k=max_k,
+        power=power,
+        top=top,
+        promotes=promotes,
+        seed=seed,
+    )
     return _corpus_verb("modules", model, out, "", ["modules"], as_frame, opts, progress)
 
 
-def sparsity(model, corpus, layers=None, eps=0.01, keep="5,10,25,50", text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
+def sparsity(
+    model,
+    corpus,
+    layers=None,
+    eps=0.01,
+    keep="5,10,25,50",
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
     """``ftri sparsity --json``: how many MLP neurons are active per token, and the loss when only
     the top ``keep`` percent are kept. With ``as_frame`` ``layers`` and ``topk`` are DataFrames."""
-    opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, layers=layers, eps=eps, keep=keep)
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        layers=layers,
+        eps=eps,
+        keep=keep,
+    )
     return _corpus_verb("sparsity", model, None, None, ["layers", "topk"], as_frame, opts, progress)
 
 
-def moefy(model, corpus, experts, method="keys", layers=None, r=None, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
+def moefy(
+    model,
+    corpus,
+    experts,
+    method="keys",
+    layers=None,
+    r=None,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
     """``ftri moefy --json``: split each dense MLP into ``experts`` groups of neurons (MoEfication)
     and the held-out loss when only the best ``r`` are kept. ``out`` also keeps ``experts.json`` and
     ``moefy.json``. With ``as_frame`` the ``curve`` is a DataFrame."""
-    opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, experts=experts, method=method, layers=layers, r=r, seed=seed)
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        experts=experts,
+        method=method,
+        layers=layers,
+        r=r,
+        seed=seed,
+    )
     return _corpus_verb("moefy", model, out, "", ["curve"], as_frame, opts, progress)
 
 
-def decompose(model, corpus, site, k=64, iterations=300, tolerance=1e-5, top=8, seed=0, out=None, text_field="text", ctx=128, batch=8, max_tokens=None, as_frame=True, progress=True):
+def decompose(
+    model,
+    corpus,
+    site,
+    k=64,
+    iterations=300,
+    tolerance=1e-5,
+    top=8,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
     """``ftri decompose --json``: semi-NMF of an MLP layer's activations into ``k`` components.
     ``out`` also keeps the ``F`` matrix as safetensors. With ``as_frame`` the ``components`` are a
     DataFrame."""
-    opts = dict(corpus=corpus, text_field=text_field, ctx=ctx, batch=batch, max_tokens=max_tokens, site=site, k=k, iterations=iterations, tolerance=tolerance, top=top, seed=seed)
-    return _corpus_verb("decompose", model, out, ".safetensors", ["components"], as_frame, opts, progress)
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        site=site,
+        k=k,
+        iterations=iterations,
+        tolerance=tolerance,
+        top=top,
+        seed=seed,
+    )
+    return _corpus_verb(
+        "decompose",
+        model,
+        out,
+        ".safetensors",
+        ["components"],
+        as_frame,
+        opts,
+        progress,
+    )
 
 
 def celltypes(atlas, k=12, as_frame=True):
