@@ -734,6 +734,88 @@ impl PyAtlas {
     }
 }
 
+/// The flags of an `ftri VERB` (`argv`, without the verb) parsed as the CLI parses them; a
+/// clap error becomes a user error with clap's one-line message.
+fn parse_flags<A: clap::Args + clap::FromArgMatches>(argv: &[String]) -> Result<A> {
+    let cmd = A::augment_args(clap::Command::new("ftri").no_binary_name(true));
+    let first_line = |e: clap::Error| {
+        let text = e.render().to_string();
+        let line = text.lines().next().unwrap_or("").trim();
+        user_error(line.strip_prefix("error: ").unwrap_or(line).to_string())
+    };
+    let m = cmd.try_get_matches_from(argv).map_err(first_line)?;
+    A::from_arg_matches(&m).map_err(first_line)
+}
+
+/// `ftri VERB FLAGS --json` for the analyses that take their inputs as flags (experts, patch,
+/// tune, frequency, align, modules, sparsity, moefy, decompose, celltypes): the same argument
+/// parsing and the same job (`ftri::cli::VERB::compute`) as the CLI, on an already loaded model;
+/// `progress(stage, done, total)` over tokens for modules, sparsity, moefy and decompose.
+#[pyfunction]
+#[pyo3(signature = (verb, argv, model = None, progress = None))]
+fn analyze(
+    py: Python<'_>,
+    verb: String,
+    argv: Vec<String>,
+    model: Option<&PyModel>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    use ftri::cli;
+    let m = model.map(|m| m.inner.clone());
+    job(py, move || {
+        // the model is loaded already; `--model` only satisfies the flags' parser
+        let mut flags: Vec<String> = Vec::new();
+        if let Some(m) = &m {
+            flags.push(format!("--model={}", m.id));
+        }
+        flags.extend(argv);
+        let model = || {
+            m.as_deref()
+                .ok_or_else(|| anyhow::anyhow!("ftri {verb} needs a model"))
+        };
+        // the corpus verbs' `progress(stage, tokens_done, tokens_total)`, with the GIL taken back
+        let mut update = |stage: &str, done: u64, total: u64| {
+            if let Some(cb) = progress.as_ref() {
+                Python::attach(|py| {
+                    if let Err(err) = cb.call1(py, (stage, done, total)) {
+                        err.print(py);
+                    }
+                });
+            }
+        };
+        let f = &flags;
+        match verb.as_str() {
+            "experts" => json(&cli::experts::compute(&parse_flags(f)?, model()?)?),
+            "patch" => json(&cli::patch::compute(&parse_flags(f)?, model()?)?),
+            "tune" => json(&cli::tune::compute(&parse_flags(f)?, model()?)?),
+            "frequency" => json(&cli::frequency::compute(&parse_flags(f)?, model()?)?),
+            "align" => json(&cli::align::compute(&parse_flags(f)?, model()?)?),
+            "modules" => json(&cli::modules::compute(
+                &parse_flags(f)?,
+                model()?,
+                &mut update,
+            )?),
+            "sparsity" => json(&cli::sparsity::compute(
+                &parse_flags(f)?,
+                model()?,
+                &mut update,
+            )?),
+            "moefy" => json(&cli::moefy::compute(
+                &parse_flags(f)?,
+                model()?,
+                &mut update,
+            )?),
+            "decompose" => json(&cli::decompose::compute(
+                &parse_flags(f)?,
+                model()?,
+                &mut update,
+            )?),
+            "celltypes" => json(&cli::celltypes::compute(&parse_flags(f)?)?),
+            other => Err(anyhow::anyhow!("no analysis `{other}`")),
+        }
+    })
+}
+
 #[pymodule]
 fn _ftri(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FtriError", m.py().get_type::<FtriError>())?;
@@ -744,5 +826,6 @@ fn _ftri(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(describe, m)?)?;
     m.add_function(wrap_pyfunction!(lesion, m)?)?;
     m.add_function(wrap_pyfunction!(record, m)?)?;
+    m.add_function(wrap_pyfunction!(analyze, m)?)?;
     Ok(())
 }

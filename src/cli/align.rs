@@ -7,7 +7,7 @@ use crate::analyze::localize::parse_layers;
 use crate::analyze::responses::{read_stimuli, Method, Readout, Reduce};
 use crate::corpus::matrix::read_array;
 use crate::error::user_error;
-use crate::model::SiteKind;
+use crate::model::{Model, SiteKind};
 use crate::output::{print_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -75,6 +75,16 @@ fn finite_or_error(path: &Path, a: &crate::corpus::matrix::Array) -> Result<()> 
 }
 
 pub fn run(a: AlignArgs) -> Result<()> {
+    let r = compute(&a, &a.model.load()?)?;
+    if a.json {
+        return print_json(&r);
+    }
+    print_table(&r);
+    Ok(())
+}
+
+/// The job of `ftri align` on a loaded model, `--out` written (the Python bindings call it too).
+pub fn compute(a: &AlignArgs, model: &Model) -> Result<Alignment> {
     let methods = Methods::parse(&a.methods)?;
     let reduce = Reduce::parse(&a.reduce)?;
     if a.folds < 2 {
@@ -128,7 +138,6 @@ pub fn run(a: AlignArgs) -> Result<()> {
             Some((r.data, r.shape[0]))
         }
     };
-    let model = a.model.load()?;
     let suffix = a.site.strip_prefix("blocks.*.").unwrap_or(&a.site);
     let site = SiteKind::from_suffix(suffix).ok_or_else(|| {
         user_error(format!(
@@ -138,7 +147,7 @@ pub fn run(a: AlignArgs) -> Result<()> {
     })?;
     let layers = parse_layers(a.layers.as_deref(), model.cfg.n_layers)?;
     let r = align(
-        &model,
+        model,
         &AlignRequest {
             stimuli,
             brain: Brain {
@@ -167,9 +176,10 @@ pub fn run(a: AlignArgs) -> Result<()> {
     if let Some(out) = &a.out {
         write_csv(out, &r)?;
     }
-    if a.json {
-        return print_json(&r);
-    }
+    Ok(r)
+}
+
+fn print_table(r: &Alignment) {
     println!(
         "{} stimuli, {} brain units, {}-fold ridge{}",
         r.n_stimuli,
@@ -213,7 +223,6 @@ pub fn run(a: AlignArgs) -> Result<()> {
         b(r.best.rsa),
         b(r.best.cka)
     );
-    Ok(())
 }
 
 /// One row per brain unit: `unit, r_L, r2_L` for every layer, and `noise_ceiling` with repeats.

@@ -22,17 +22,22 @@ pub struct CelltypesArgs {
 }
 
 pub fn run(a: CelltypesArgs) -> Result<()> {
-    let atlas = Atlas::open(&a.atlas)?;
-    let tok = atlas
-        .tokenizer_path()
-        .and_then(|p| Tokenizer::from_file(&p).ok());
-    let r = celltypes(&atlas, tok.as_ref(), a.k)?;
+    let r = compute(&a)?;
     if a.json {
         print_json(&r)
     } else {
         print_table(&r);
         Ok(())
     }
+}
+
+/// The job of `ftri celltypes` (the Python bindings call it too).
+pub fn compute(a: &CelltypesArgs) -> Result<CelltypesResult> {
+    let atlas = Atlas::open(&a.atlas)?;
+    let tok = atlas
+        .tokenizer_path()
+        .and_then(|p| Tokenizer::from_file(&p).ok());
+    celltypes(&atlas, tok.as_ref(), a.k)
 }
 
 fn print_table(r: &CelltypesResult) {

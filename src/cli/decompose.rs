@@ -1,11 +1,12 @@
 //! `ftri decompose`: semi-NMF of one site's activations into components (see
 //! `analyze::decompose`); writes the components F [d, k] to safetensors.
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::decompose::{decompose, DecomposeRequest, DecomposeResult};
 use crate::error::user_error;
-use crate::output::{print_json, write_safetensors};
+use crate::model::Model;
+use crate::output::write_safetensors;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -43,11 +44,20 @@ pub struct DecomposeArgs {
 }
 
 pub fn run(a: DecomposeArgs) -> Result<()> {
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
+}
+
+/// The job of `ftri decompose` on a loaded model, its files written (the Python bindings call it
+/// too); `progress(stage, done, total)` as the library job's.
+pub fn compute(
+    a: &DecomposeArgs,
+    m: &Model,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<DecomposeResult> {
     let corpus = a.corpus.spec()?;
     if a.iterations == 0 {
         return Err(user_error("--iterations must be at least 1"));
     }
-    let m = a.model.load()?;
     let site = m.parse_site(&a.site)?;
     let req = DecomposeRequest {
         corpus,
@@ -58,21 +68,14 @@ pub fn run(a: DecomposeArgs) -> Result<()> {
         top: a.top,
         seed: a.seed,
     };
-    let (bar, mut update) = token_bar();
-    let r = decompose(&m, &req, &mut update)?;
-    bar.finish_and_clear();
+    let r = decompose(m, &req, progress)?;
     let f = Tensor::from_vec(r.f.clone(), (r.d, r.k), &Device::Cpu)?;
     let meta = HashMap::from([
         ("site".to_string(), r.site.clone()),
         ("model".to_string(), m.id.clone()),
     ]);
     write_safetensors(&a.out, &[("F".to_string(), f)], Some(meta))?;
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    Ok(r)
 }
 
 fn print_table(r: &DecomposeResult) {

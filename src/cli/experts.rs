@@ -2,8 +2,9 @@
 //! control stimuli are routed to them (routing rate or mean routing weight per stimulus).
 
 use super::ModelArgs;
-use crate::analyze::experts::{image_experts, ExpertsRequest, Measure};
+use crate::analyze::experts::{image_experts, ExpertImaging, ExpertsRequest, Measure};
 use crate::analyze::responses::read_stimuli;
+use crate::model::Model;
 use crate::output::print_json;
 use anyhow::Result;
 use clap::Args;
@@ -39,22 +40,7 @@ pub struct ExpertsArgs {
 }
 
 pub fn run(a: ExpertsArgs) -> Result<()> {
-    let measure = Measure::parse(&a.measure)?;
-    let target = read_stimuli(&a.target)?;
-    let control = read_stimuli(&a.control)?;
-    let model = a.model.load()?;
-    let r = image_experts(
-        &model,
-        &ExpertsRequest {
-            target,
-            control,
-            measure,
-            layers: a.layers,
-            fdr: a.fdr,
-            top: a.top,
-            batch: a.batch,
-        },
-    )?;
+    let r = compute(&a, &a.model.load()?)?;
     if a.json {
         return print_json(&r);
     }
@@ -81,4 +67,23 @@ pub fn run(a: ExpertsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The job of `ftri experts` on a loaded model (the Python bindings call it too).
+pub fn compute(a: &ExpertsArgs, model: &Model) -> Result<ExpertImaging> {
+    let measure = Measure::parse(&a.measure)?;
+    let target = read_stimuli(&a.target)?;
+    let control = read_stimuli(&a.control)?;
+    image_experts(
+        model,
+        &ExpertsRequest {
+            target,
+            control,
+            measure,
+            layers: a.layers.clone(),
+            fdr: a.fdr,
+            top: a.top,
+            batch: a.batch,
+        },
+    )
 }

@@ -4,7 +4,7 @@ use super::ModelArgs;
 use crate::analyze::frequency::{frequency, parse_levels, FrequencyRequest, FrequencyTagging};
 use crate::analyze::localize::parse_layers;
 use crate::error::user_error;
-use crate::model::SiteKind;
+use crate::model::{Model, SiteKind};
 use crate::output::{print_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -53,6 +53,16 @@ pub struct FrequencyArgs {
 }
 
 pub fn run(a: FrequencyArgs) -> Result<()> {
+    let r = compute(&a, &a.model.load()?)?;
+    if a.json {
+        return print_json(&r);
+    }
+    print_table(&r);
+    Ok(())
+}
+
+/// The job of `ftri frequency` on a loaded model, `--out` written (the Python bindings call it too).
+pub fn compute(a: &FrequencyArgs, model: &Model) -> Result<FrequencyTagging> {
     let levels = parse_levels(&a.levels)?;
     let streams = match &a.stimuli {
         None => None,
@@ -74,7 +84,6 @@ pub fn run(a: FrequencyArgs) -> Result<()> {
             Some(lines)
         }
     };
-    let model = a.model.load()?;
     let site = SiteKind::from_suffix(&a.site).ok_or_else(|| {
         user_error(format!(
             "--site `{}` is not a per-block hook point (e.g. mlp.hook_post, hook_resid_post)",
@@ -83,7 +92,7 @@ pub fn run(a: FrequencyArgs) -> Result<()> {
     })?;
     let layers = parse_layers(a.layers.as_deref(), model.cfg.n_layers)?;
     let r = frequency(
-        &model,
+        model,
         &FrequencyRequest {
             levels,
             streams,
@@ -100,9 +109,10 @@ pub fn run(a: FrequencyArgs) -> Result<()> {
     if let Some(out) = &a.out {
         write_csv(out, &r)?;
     }
-    if a.json {
-        return print_json(&r);
-    }
+    Ok(r)
+}
+
+fn print_table(r: &FrequencyTagging) {
     println!(
         "{} streams × {} positions (and as many shuffled), {} units of {}, tagged at q ≤ {}",
         r.n_streams, r.n_positions, r.units_tested, r.site, r.fdr
@@ -136,7 +146,6 @@ pub fn run(a: FrequencyArgs) -> Result<()> {
             u.neuron, u.level, u.frequency, u.snr, u.control_snr, u.p, u.q
         );
     }
-    Ok(())
 }
 
 fn write_csv(path: &std::path::Path, r: &FrequencyTagging) -> Result<()> {

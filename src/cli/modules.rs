@@ -7,6 +7,7 @@ use crate::analyze::localize::parse_layers;
 use crate::analyze::modules::{modules, ModulesRequest, ModulesResult};
 use crate::analyze::pass::CorpusSpec;
 use crate::error::user_error;
+use crate::model::Model;
 use crate::output::{print_json, to_pretty_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -106,12 +107,46 @@ pub fn token_bar() -> (ProgressBar, impl FnMut(&str, u64, u64)) {
     (bar, update)
 }
 
+/// Load the model, run `compute` with a token progress bar (`token_bar`), then print the result
+/// as `--json` or with `print`.
+pub fn run_with_bar<R: serde::Serialize>(
+    model: &ModelArgs,
+    json: bool,
+    compute: impl FnOnce(&Model, &mut dyn FnMut(&str, u64, u64)) -> Result<R>,
+    print: impl FnOnce(&R),
+) -> Result<()> {
+    let m = model.load()?;
+    let (bar, mut update) = token_bar();
+    let r = compute(&m, &mut update)?;
+    bar.finish_and_clear();
+    if json {
+        print_json(&r)
+    } else {
+        print(&r);
+        Ok(())
+    }
+}
+
 pub fn run(a: ModulesArgs) -> Result<()> {
+    run_with_bar(
+        &a.model,
+        a.json,
+        |m, p| compute(&a, m, p),
+        |r| print_table(r, &a.out),
+    )
+}
+
+/// The job of `ftri modules` on a loaded model, its files written (the Python bindings call it
+/// too); `progress(stage, done, total)` as the library job's.
+pub fn compute(
+    a: &ModulesArgs,
+    m: &Model,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<ModulesResult> {
     let corpus = a.corpus.spec()?;
     if a.auto && a.max_k < 2 {
         return Err(user_error("--max-k must be at least 2"));
     }
-    let m = a.model.load()?;
     let layers = parse_layers(a.layers.as_deref(), m.cfg.n_layers)?;
     let req = ModulesRequest {
         corpus,
@@ -126,16 +161,9 @@ pub fn run(a: ModulesArgs) -> Result<()> {
         promotes: a.promotes,
         seed: a.seed,
     };
-    let (bar, mut update) = token_bar();
-    let r = modules(&m, &req, &mut update)?;
-    bar.finish_and_clear();
+    let r = modules(m, &req, progress)?;
     write_outputs(&a.out, &r)?;
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r, &a.out);
-        Ok(())
-    }
+    Ok(r)
 }
 
 /// `DIR/modules.json` and `DIR/module-ID.json`, each written atomically.

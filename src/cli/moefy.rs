@@ -1,12 +1,13 @@
 //! `ftri moefy`: MoEfication of the dense FFNs and its loss-vs-experts curve (see
 //! `analyze::moefy`); writes `DIR/moefy.json` and `DIR/experts.json` (each layer's experts).
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::moefy::{moefy, Method, MoefyRequest, MoefyResult};
 use crate::error::user_error;
-use crate::output::{print_json, to_pretty_json, write_atomic};
+use crate::model::Model;
+use crate::output::{to_pretty_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -39,6 +40,16 @@ pub struct MoefyArgs {
 }
 
 pub fn run(a: MoefyArgs) -> Result<()> {
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
+}
+
+/// The job of `ftri moefy` on a loaded model, its files written (the Python bindings call it
+/// too); `progress(stage, done, total)` as the library job's.
+pub fn compute(
+    a: &MoefyArgs,
+    m: &Model,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<MoefyResult> {
     let corpus = a.corpus.spec()?;
     let method = Method::parse(&a.method)?;
     let r_values =
@@ -53,7 +64,6 @@ pub fn run(a: MoefyArgs) -> Result<()> {
                     .collect::<Result<Vec<_>>>()
             })
             .transpose()?;
-    let m = a.model.load()?;
     let layers = parse_layers(a.layers.as_deref(), m.cfg.n_layers)?;
     let req = MoefyRequest {
         corpus,
@@ -63,9 +73,7 @@ pub fn run(a: MoefyArgs) -> Result<()> {
         r_values,
         seed: a.seed,
     };
-    let (bar, mut update) = token_bar();
-    let r = moefy(&m, &req, &mut update)?;
-    bar.finish_and_clear();
+    let r = moefy(m, &req, progress)?;
     std::fs::create_dir_all(&a.out)
         .map_err(|e| user_error(format!("{}: cannot create: {e}", a.out.display())))?;
     let put = |name: &str, text: String| {
@@ -83,12 +91,7 @@ pub fn run(a: MoefyArgs) -> Result<()> {
         }))?,
     )?;
     put("moefy.json", to_pretty_json(&r)?)?;
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    Ok(r)
 }
 
 fn print_table(r: &MoefyResult) {

@@ -8,6 +8,7 @@ use crate::analyze::patch::{
     parse_sites, patch, Align, Corruption, Metric, PatchMethod, PatchRequest, Patching, HEAD_SITE,
 };
 use crate::error::user_error;
+use crate::model::Model;
 use crate::output::{print_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -71,6 +72,22 @@ pub struct PatchArgs {
 }
 
 pub fn run(a: PatchArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let started = std::time::Instant::now();
+    let r = compute(&a, &model)?;
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        return print_json(&r);
+    }
+    print_grids(&r, secs);
+    if let Some(out) = &a.out {
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The job of `ftri patch` on a loaded model, `--out` written (the Python bindings call it too).
+pub fn compute(a: &PatchArgs, model: &Model) -> Result<Patching> {
     let metric = Metric::parse(&a.metric)?;
     let method = PatchMethod::parse(&a.method)?;
     let mut sites = parse_sites(&a.sites)?;
@@ -94,7 +111,6 @@ pub fn run(a: PatchArgs) -> Result<()> {
         },
         _ => return Err(user_error("give either --corrupt or --noise")),
     };
-    let model = a.model.load()?;
     let layers = a
         .layers
         .as_deref()
@@ -107,20 +123,11 @@ pub fn run(a: PatchArgs) -> Result<()> {
     req.metric = metric;
     req.method = method;
     req.align = align.unwrap_or(Align::Strict);
-    let started = std::time::Instant::now();
-    let r = patch(&model, &req)?;
-    let secs = started.elapsed().as_secs_f64();
+    let r = patch(model, &req)?;
     if let Some(out) = &a.out {
         write_csv(out, &r)?;
     }
-    if a.json {
-        return print_json(&r);
-    }
-    print_grids(&r, secs);
-    if let Some(out) = &a.out {
-        println!("wrote {}", out.display());
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// The cells as CSV, one row each, in the JSON's order; empty `head` for none.

@@ -1,12 +1,13 @@
 //! `ftri sparsity`: lazy neurons per layer and the loss of exact against statistical top-k
 //! (see `analyze::sparsity`).
 
-use super::modules::{token_bar, CorpusArgs};
+use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::localize::parse_layers;
 use crate::analyze::sparsity::{sparsity, SparsityRequest, SparsityResult};
 use crate::error::user_error;
-use crate::output::print_json;
+use crate::model::Model;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -30,6 +31,16 @@ pub struct SparsityArgs {
 }
 
 pub fn run(a: SparsityArgs) -> Result<()> {
+    run_with_bar(&a.model, a.json, |m, p| compute(&a, m, p), print_table)
+}
+
+/// The job of `ftri sparsity` on a loaded model, its files written (the Python bindings call it
+/// too); `progress(stage, done, total)` as the library job's.
+pub fn compute(
+    a: &SparsityArgs,
+    m: &Model,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<SparsityResult> {
     let corpus = a.corpus.spec()?;
     let keep_percent: Vec<f64> = a
         .keep
@@ -43,7 +54,6 @@ pub fn run(a: SparsityArgs) -> Result<()> {
     if a.eps.is_nan() || a.eps < 0.0 {
         return Err(user_error("--eps must be ≥ 0"));
     }
-    let m = a.model.load()?;
     let layers = parse_layers(a.layers.as_deref(), m.cfg.n_layers)?;
     let req = SparsityRequest {
         corpus,
@@ -51,15 +61,8 @@ pub fn run(a: SparsityArgs) -> Result<()> {
         eps: a.eps,
         keep_percent,
     };
-    let (bar, mut update) = token_bar();
-    let r = sparsity(&m, &req, &mut update)?;
-    bar.finish_and_clear();
-    if a.json {
-        print_json(&r)
-    } else {
-        print_table(&r);
-        Ok(())
-    }
+    let r = sparsity(m, &req, progress)?;
+    Ok(r)
 }
 
 fn print_table(r: &SparsityResult) {

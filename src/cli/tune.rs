@@ -5,7 +5,7 @@ use crate::analyze::localize::parse_layers;
 use crate::analyze::responses::{Method, Readout, Reduce};
 use crate::analyze::tune::{read_valued_stimuli, tune, TuneRequest, Tuning};
 use crate::error::user_error;
-use crate::model::SiteKind;
+use crate::model::{Model, SiteKind};
 use crate::output::{print_json, write_atomic};
 use anyhow::Result;
 use clap::Args;
@@ -47,12 +47,21 @@ pub struct TuneArgs {
 }
 
 pub fn run(a: TuneArgs) -> Result<()> {
+    let r = compute(&a, &a.model.load()?)?;
+    if a.json {
+        return print_json(&r);
+    }
+    print_table(&r);
+    Ok(())
+}
+
+/// The job of `ftri tune` on a loaded model, `--out` written (the Python bindings call it too).
+pub fn compute(a: &TuneArgs, model: &Model) -> Result<Tuning> {
     let reduce = Reduce::parse(&a.reduce)?;
     if a.folds < 2 {
         return Err(user_error("--folds must be at least 2"));
     }
     let stimuli = read_valued_stimuli(&a.stimuli)?;
-    let model = a.model.load()?;
     let site = SiteKind::from_suffix(&a.site).ok_or_else(|| {
         user_error(format!(
             "--site `{}` is not a per-block hook point (e.g. mlp.hook_post, hook_resid_post)",
@@ -61,7 +70,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
     })?;
     let layers = parse_layers(a.layers.as_deref(), model.cfg.n_layers)?;
     let r = tune(
-        &model,
+        model,
         &TuneRequest {
             stimuli,
             site,
@@ -79,9 +88,10 @@ pub fn run(a: TuneArgs) -> Result<()> {
     if let Some(out) = &a.out {
         write_csv(out, &r)?;
     }
-    if a.json {
-        return print_json(&r);
-    }
+    Ok(r)
+}
+
+fn print_table(r: &Tuning) {
     println!(
         "{} stimuli, {} distinct values, {} units of {} ({}), {}-fold CV",
         r.n_stimuli,
@@ -119,7 +129,6 @@ pub fn run(a: TuneArgs) -> Result<()> {
             g.width
         );
     }
-    Ok(())
 }
 
 /// One row per listed unit; empty cells for NaN (pandas reads them as NaN).

@@ -1,7 +1,8 @@
 """ftri from Python: run a transformer with TransformerLens-named hook points, record atlases,
-localize, describe and lesion neurons. The work is done in Rust (the ``ftri`` crate) with the GIL
-released; results are numpy arrays, dicts equal to the CLI's ``--json`` output, and pandas
-DataFrames where the data is a table.
+localize, describe and lesion neurons, and the CLI's other analyses (experts, patch, tune,
+frequency, align, modules, sparsity, moefy, decompose, celltypes). The work is done in Rust (the
+``ftri`` crate) with the GIL released; results are numpy arrays, dicts equal to the CLI's
+``--json`` output, and pandas DataFrames where the data is a table.
 
     import ftri
     model = ftri.Model.load("models/all-MiniLM-L6-v2")
@@ -16,7 +17,25 @@ from . import _ftri
 from ._ftri import FtriError
 
 __version__ = _ftri.__version__
-__all__ = ["Model", "Atlas", "FtriError", "record", "localize", "describe", "lesion"]
+__all__ = [
+    "Model",
+    "Atlas",
+    "FtriError",
+    "record",
+    "localize",
+    "describe",
+    "lesion",
+    "experts",
+    "patch",
+    "tune",
+    "frequency",
+    "align",
+    "modules",
+    "sparsity",
+    "moefy",
+    "decompose",
+    "celltypes",
+]
 
 
 def _path(p):
@@ -333,3 +352,450 @@ def lesion(model, neurons=None, eval=None, op="zero", control_eval=None, atlas=N
             **opts,
         )
     )
+
+
+# --- the analyses that take flags: the same parser and job as `ftri VERB ... --json` ------------
+
+
+def _flags(opts):
+    """Keyword arguments as the CLI's flags (``top_k=3`` -> ``--top-k=3``): ``None``/``False``
+    left out, ``True`` a bare flag, lists joined with commas (``corpus`` repeated instead)."""
+    argv = []
+    for k, v in opts.items():
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif k == "corpus":
+            for c in [v] if isinstance(v, (str, _os.PathLike)) else v:
+                argv.append(f"{flag}={_path(c)}")
+        else:
+            if k == "layers":
+                v = _layers(v)
+            elif isinstance(v, (list, tuple)):
+                v = ",".join(str(x) for x in v)
+            argv.append(f"{flag}={_path(v)}")
+    return argv
+
+
+def _lines_file(items, tmp, name, key="target"):
+    """A stimulus list written as the file the CLI reads (JSONL: texts, ``{"text", ...}`` dicts or
+    ``(text, KEY)`` pairs); a path is passed through."""
+    if items is None or isinstance(items, (str, _os.PathLike)):
+        return _path(items)
+    path = _os.path.join(tmp, name)
+    with open(path, "w", encoding="utf-8") as f:
+        for x in items:
+            if isinstance(x, str):
+                x = {"text": x}
+            elif not isinstance(x, dict):
+                text, other = x
+                x = {"text": text, key: other}
+            f.write(_json.dumps(x) + "\n")
+    return path
+
+
+def _array_file(a, tmp, name):
+    """A numpy array saved as ``.npy`` for the CLI's reader; a path is passed through."""
+    if a is None or isinstance(a, (str, _os.PathLike)):
+        return _path(a)
+    import numpy as np
+
+    path = _os.path.join(tmp, name + ".npy")
+    np.save(path, np.asarray(a))
+    return path
+
+
+def _analyze(verb, model, frames, as_frame, opts, progress=False):
+    m = _model(model)._m if model is not None else None
+    bar = _progress_bar(None, verb) if progress else None
+    cb = None
+    if bar is not None:
+        bar.unit, bar.unit_scale = "tok", False
+
+        def cb(stage, done, total):
+            if bar.desc != stage or bar.total != total:
+                bar.set_description(stage, refresh=False)
+                bar.reset(total=total)
+            bar.n = done
+            bar.refresh()
+
+    try:
+        r = _json.loads(_ftri.analyze(verb, _flags(opts), model=m, progress=cb))
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_frame:
+        for key in frames:
+            if isinstance(r.get(key), list):
+                r[key] = _df(r[key])
+    return r
+
+
+def _tmp():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="ftri-")
+
+
+def experts(
+    model,
+    target,
+    control,
+    measure="rate",
+    layers=None,
+    fdr=0.05,
+    top=20,
+    batch=16,
+    as_frame=True,
+):
+    """``ftri experts --json``: the experts of a mixture-of-experts model that target stimuli are
+    routed to more than control ones. ``target``/``control`` as in ``localize``; ``measure`` rate or
+    weight. With ``as_frame`` the ``experts`` list is a DataFrame."""
+    with _tmp() as d:
+        opts = dict(
+            target=_lines_file(target, d, "target.jsonl"),
+            control=_lines_file(control, d, "control.jsonl"),
+            measure=measure,
+            layers=layers,
+            fdr=fdr,
+            top=top,
+            batch=batch,
+        )
+        return _analyze("experts", model, ["experts"], as_frame, opts)
+
+
+def patch(
+    model,
+    clean,
+    corrupt=None,
+    target=None,
+    sites="resid_pre,attn_out,mlp_out",
+    layers=None,
+    metric="logit_diff",
+    method="exact",
+    foil=None,
+    align=None,
+    noise=None,
+    subject=None,
+    seeds=5,
+    seed=0,
+    out=None,
+    as_frame=True,
+):
+    """``ftri patch --json``: activation patching of ``clean`` with ``corrupt`` (or ROME-style
+    causal tracing with ``noise=SIGMA`` on ``subject``), read by ``metric`` on ``target``'s first
+    token; ``method`` exact or attribution; ``align`` left/right for prompts of different lengths;
+    ``out`` also writes the CSV. With ``as_frame`` the ``cells`` are a DataFrame (site, layer,
+    position, head, recovered[, attribution])."""
+    if target is None:
+        raise TypeError("patch() needs target: the continuation the metric reads, e.g. ' Paris'")
+    opts = dict(
+        clean=clean,
+        corrupt=corrupt,
+        target=target,
+        sites=sites,
+        layers=layers,
+        metric=metric,
+        method=method,
+        foil=foil,
+        align=align,
+        noise=noise,
+        subject=subject,
+        seeds=seeds,
+        seed=seed,
+        out=out,
+    )
+    if noise is None:
+        # --seeds/--seed only apply to --noise (the CLI leaves them at their defaults)
+        opts.pop("seeds")
+        opts.pop("seed")
+    return _analyze("patch", model, ["cells"], as_frame, opts)
+
+
+def tune(
+    model,
+    stimuli,
+    site="mlp.hook_post",
+    layers=None,
+    reduce="mean",
+    include_special=False,
+    folds=5,
+    top=50,
+    batch=16,
+    out=None,
+    as_frame=True,
+):
+    """``ftri tune --json``: tuning curves of units to a numeric value. ``stimuli`` is
+    ``"builtin:NAME"``, a JSONL file of ``{"text", "value"}`` or a list of such dicts or
+    ``(text, value)`` pairs. With ``as_frame`` ``units`` and ``decoding`` are DataFrames."""
+    with _tmp() as d:
+        if not (isinstance(stimuli, str) and stimuli.startswith("builtin:")):
+            stimuli = _lines_file(stimuli, d, "stimuli.jsonl", key="value")
+        opts = dict(
+            stimuli=stimuli,
+            site=site,
+            layers=layers,
+            reduce=reduce,
+            include_special=include_special,
+            folds=folds,
+            top=top,
+            batch=batch,
+            out=out,
+        )
+        return _analyze("tune", model, ["units", "decoding"], as_frame, opts)
+
+
+def frequency(
+    model,
+    levels="syllable=1,word=2,phrase=4,sentence=8",
+    stimuli=None,
+    streams=24,
+    cycles=8,
+    site="mlp.hook_post",
+    layers=None,
+    fdr=0.05,
+    top=50,
+    seed=0,
+    batch=8,
+    out=None,
+    as_frame=True,
+):
+    """``ftri frequency --json``: frequency tagging of units by the ``levels`` of structured token
+    streams (built-in ones, or ``stimuli``: a file or a list of streams). With ``as_frame`` the
+    ``units`` are a DataFrame."""
+    with _tmp() as d:
+        if stimuli is not None and not isinstance(stimuli, (str, _os.PathLike)):
+            path = _os.path.join(d, "streams.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("".join(s.replace("\n", " ") + "\n" for s in stimuli))
+            stimuli = path
+        opts = dict(
+            levels=levels,
+            stimuli=stimuli,
+            streams=streams,
+            cycles=cycles,
+            site=site,
+            layers=layers,
+            fdr=fdr,
+            top=top,
+            seed=seed,
+            batch=batch,
+            out=out,
+        )
+        return _analyze("frequency", model, ["units"], as_frame, opts)
+
+
+def align(
+    model,
+    stimuli,
+    brain,
+    brain_key=None,
+    repeats=None,
+    methods="ridge,rsa,cka",
+    folds=5,
+    site="blocks.*.hook_resid_post",
+    layers=None,
+    reduce="mean",
+    include_special=False,
+    permutations=1000,
+    seed=0,
+    batch=16,
+    out=None,
+    as_frame=True,
+):
+    """``ftri align --json``: how well each layer predicts (ridge), shares geometry with (RSA) and
+    resembles (CKA) a brain matrix ``[stimuli x units]`` -- a numpy array or a .npy, .safetensors,
+    .csv or .parquet path (``brain_key`` picks a safetensors tensor); ``repeats``
+    ``[k x stimuli x units]`` likewise for the noise ceiling. With ``as_frame`` the ``layers`` are
+    a DataFrame."""
+    with _tmp() as d:
+        opts = dict(
+            stimuli=_lines_file(stimuli, d, "stimuli.jsonl"),
+            brain=_array_file(brain, d, "brain"),
+            brain_key=brain_key,
+            repeats=_array_file(repeats, d, "repeats"),
+            methods=methods,
+            folds=folds,
+            site=site,
+            layers=layers,
+            reduce=reduce,
+            include_special=include_special,
+            permutations=permutations,
+            seed=seed,
+            batch=batch,
+            out=out,
+        )
+        return _analyze("align", model, ["layers"], as_frame, opts)
+
+
+def _corpus_verb(verb, model, out, suffix, frames, as_frame, opts, progress):
+    """A verb over a corpus: a tqdm bar over tokens when ``progress`` (and tqdm is installed);
+    its files into ``out``, or a temporary folder when ``out`` is None (``suffix``: a file)."""
+    if out is not None or suffix is None:
+        return _analyze(verb, model, frames, as_frame, dict(opts, out=out), progress)
+    with _tmp() as d:
+        return _analyze(
+            verb,
+            model,
+            frames,
+            as_frame,
+            dict(opts, out=_os.path.join(d, verb + suffix)),
+            progress,
+        )
+
+
+def modules(
+    model,
+    corpus,
+    layers=None,
+    k=32,
+    auto=False,
+    max_k=64,
+    power=6.0,
+    top=10,
+    promotes=10,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
+    """``ftri modules --json``: modules of co-activating neurons over ``corpus`` (a path or a list
+    of paths). ``out`` also keeps ``modules.json`` and ``module-ID.json`` (else a temporary folder).
+    With ``as_frame`` the ``modules`` are a DataFrame. Like ``sparsity``, ``moefy`` and
+    ``decompose``, shows a tqdm bar over tokens when tqdm is installed and ``progress`` is true."""
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        layers=layers,
+        k=None if auto else k,
+        auto=auto,
+        max_k=max_k,
+        power=power,
+        top=top,
+        promotes=promotes,
+        seed=seed,
+    )
+    return _corpus_verb("modules", model, out, "", ["modules"], as_frame, opts, progress)
+
+
+def sparsity(
+    model,
+    corpus,
+    layers=None,
+    eps=0.01,
+    keep="5,10,25,50",
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
+    """``ftri sparsity --json``: how many MLP neurons are active per token, and the loss when only
+    the top ``keep`` percent are kept. With ``as_frame`` ``layers`` and ``topk`` are DataFrames."""
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        layers=layers,
+        eps=eps,
+        keep=keep,
+    )
+    return _corpus_verb("sparsity", model, None, None, ["layers", "topk"], as_frame, opts, progress)
+
+
+def moefy(
+    model,
+    corpus,
+    experts,
+    method="keys",
+    layers=None,
+    r=None,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
+    """``ftri moefy --json``: split each dense MLP into ``experts`` groups of neurons (MoEfication)
+    and the held-out loss when only the best ``r`` are kept. ``out`` also keeps ``experts.json`` and
+    ``moefy.json``. With ``as_frame`` the ``curve`` is a DataFrame."""
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        experts=experts,
+        method=method,
+        layers=layers,
+        r=r,
+        seed=seed,
+    )
+    return _corpus_verb("moefy", model, out, "", ["curve"], as_frame, opts, progress)
+
+
+def decompose(
+    model,
+    corpus,
+    site,
+    k=64,
+    iterations=300,
+    tolerance=1e-5,
+    top=8,
+    seed=0,
+    out=None,
+    text_field="text",
+    ctx=128,
+    batch=8,
+    max_tokens=None,
+    as_frame=True,
+    progress=True,
+):
+    """``ftri decompose --json``: semi-NMF of an MLP layer's activations into ``k`` components.
+    ``out`` also keeps the ``F`` matrix as safetensors. With ``as_frame`` the ``components`` are a
+    DataFrame."""
+    opts = dict(
+        corpus=corpus,
+        text_field=text_field,
+        ctx=ctx,
+        batch=batch,
+        max_tokens=max_tokens,
+        site=site,
+        k=k,
+        iterations=iterations,
+        tolerance=tolerance,
+        top=top,
+        seed=seed,
+    )
+    return _corpus_verb(
+        "decompose",
+        model,
+        out,
+        ".safetensors",
+        ["components"],
+        as_frame,
+        opts,
+        progress,
+    )
+
+
+def celltypes(atlas, k=12, as_frame=True):
+    """``ftri celltypes --json``: functional cell types from an atlas's top examples. With
+    ``as_frame`` the ``types`` are a DataFrame."""
+    atlas = atlas.path if isinstance(atlas, Atlas) else _path(atlas)
+    return _analyze("celltypes", None, ["types"], as_frame, dict(atlas=atlas, k=k))
