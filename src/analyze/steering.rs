@@ -15,9 +15,9 @@
 //!
 //! The concept's tokens are the model's own, independent of either direction: the `tokens`
 //! vocabulary entries whose mean log-probability (over every position) rises most from the
-//! control text's fit half to the target text. The effect of a steer is the change of their mean
-//! log-probability (nats, averaged over tokens and over every position of the held-out control
-//! half), steered minus unsteered. Invariants: the held-out control prompts are never used to
+//! control text's fit half to the target text. The effect of a steer is the change of the log of
+//! their summed probability, log Σ_t p(t) (nats, averaged over every position of the held-out
+//! control half), steered minus unsteered. Invariants: the held-out control prompts are never used to
 //! build Δμ or pick the concept tokens; padding positions never enter a mean.
 
 use crate::error::user_error;
@@ -35,7 +35,7 @@ pub struct Steering {
     pub cosine: f64,
     /// Multiples of ‖Δμ · W_down‖ added to the MLP output.
     pub scales: Vec<f32>,
-    /// Mean log-prob change (nats) of the concept tokens on held-out control prompts, per scale.
+    /// Change of log Σ p(concept tokens) (nats, mean over positions) on held-out control prompts, per scale.
     pub component_effect: Vec<f64>,
     pub diff_means_effect: Vec<f64>,
     pub concept_tokens: Vec<String>,
@@ -123,7 +123,7 @@ fn means(m: &Model, seqs: &[Vec<u32>], site: Site) -> Result<(Vec<f64>, Vec<f64>
     Ok((mx, ml))
 }
 
-/// Mean log-prob of `tokens` over every position of `seqs`, with `add` added to `mlp_out`.
+/// log Σ p(`tokens`), averaged over every position of `seqs`, with `add` added to `mlp_out`.
 fn concept_logprob(
     m: &Model,
     seqs: &[Vec<u32>],
@@ -145,7 +145,15 @@ fn concept_logprob(
     };
     let (mut s, mut n) = (0f64, 0f64);
     each_token(m, seqs, None, &hooks, &mut |_, lp| {
-        s += tokens.iter().map(|&t| lp[t] as f64).sum::<f64>() / tokens.len() as f64;
+        // log Σ p over the set (log-sum-exp), so the tokens the concept really raises dominate
+        // and a weak member's fall does not mask them
+        let top = tokens.iter().map(|&t| lp[t] as f64).fold(f64::MIN, f64::max);
+        s += top
+            + tokens
+                .iter()
+                .map(|&t| (lp[t] as f64 - top).exp())
+                .sum::<f64>()
+                .ln();
         n += 1.0;
     })?;
     Ok(s / n.max(1.0))
