@@ -147,7 +147,10 @@ fn concept_logprob(
     each_token(m, seqs, None, &hooks, &mut |_, lp| {
         // log Σ p over the set (log-sum-exp), so the tokens the concept really raises dominate
         // and a weak member's fall does not mask them
-        let top = tokens.iter().map(|&t| lp[t] as f64).fold(f64::MIN, f64::max);
+        let top = tokens
+            .iter()
+            .map(|&t| lp[t] as f64)
+            .fold(f64::MIN, f64::max);
         s += top
             + tokens
                 .iter()
@@ -183,7 +186,9 @@ pub fn steer(
     let post = Site::Block(layer, SiteKind::MlpPost);
     let mlp_out = Site::Block(layer, SiteKind::MlpOut);
     if !m.sites().contains(&mlp_out) {
-        return Err(user_error(format!("this model has no hook point {mlp_out}")));
+        return Err(user_error(format!(
+            "this model has no hook point {mlp_out}"
+        )));
     }
     let target = prompts(m, concept.0, m.cfg.n_ctx)?;
     let control = prompts(m, concept.1, m.cfg.n_ctx)?;
@@ -213,12 +218,7 @@ pub fn steer(
             .max_by(|&a, &b| cos[a].total_cmp(&cos[b]))
             .unwrap_or(0),
     };
-    let mut delta: Vec<(usize, f64)> = lt
-        .iter()
-        .zip(&lc)
-        .map(|(a, b)| a - b)
-        .enumerate()
-        .collect();
+    let mut delta: Vec<(usize, f64)> = lt.iter().zip(&lc).map(|(a, b)| a - b).enumerate().collect();
     delta.sort_by(|a, b| b.1.total_cmp(&a.1));
     let tokens: Vec<usize> = delta.iter().take(n_tokens.max(1)).map(|t| t.0).collect();
 

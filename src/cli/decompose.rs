@@ -6,9 +6,9 @@
 use super::modules::{token_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::decompose::{decompose, DecomposeRequest, DecomposeResult};
-use crate::error::user_error;
 use crate::analyze::describe::write_matrix;
 use crate::analyze::steering::steer;
+use crate::error::user_error;
 use crate::output::{print_json, to_pretty_json, write_atomic, write_safetensors};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -78,7 +78,10 @@ pub fn run(a: DecomposeArgs) -> Result<()> {
     // a missing stimulus file is found before the (long) fit, not after
     for p in a.concept.iter().flatten() {
         if !p.is_file() {
-            return Err(user_error(format!("--concept {}: no such file", p.display())));
+            return Err(user_error(format!(
+                "--concept {}: no such file",
+                p.display()
+            )));
         }
     }
     if a.component.is_some() && a.concept.is_none() {
@@ -157,8 +160,16 @@ fn print_table(r: &DecomposeResult) {
             "steering toward {:?} on {} held-out control prompts: component {} (cosine with diff-in-means {:.3})",
             s.concept_tokens, s.heldout_prompts, s.component, s.cosine
         );
-        println!("{:>8}  {:>12}  {:>14}", "scale", "component", "diff-in-means");
-        for ((sc, c), d) in s.scales.iter().zip(&s.component_effect).zip(&s.diff_means_effect) {
+        println!(
+            "{:>8}  {:>12}  {:>14}",
+            "scale", "component", "diff-in-means"
+        );
+        for ((sc, c), d) in s
+            .scales
+            .iter()
+            .zip(&s.component_effect)
+            .zip(&s.diff_means_effect)
+        {
             println!("{sc:>8}  {c:>+12.3}  {d:>+14.3}");
         }
     }
