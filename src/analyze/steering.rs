@@ -64,6 +64,9 @@ fn prompts(m: &Model, path: &Path, n_ctx: usize) -> Result<Vec<Vec<u32>>> {
     Ok(out)
 }
 
+/// Gets a token's captured site row (when asked for) and its log-probabilities.
+type TokenFn<'a> = dyn FnMut(Option<&[f32]>, &[f32]) + 'a;
+
 /// Run `seqs` in batches with `hooks()`; `f` gets each real (unpadded) token's captured row of
 /// `site` (when captured) and log-probabilities row.
 fn each_token(
@@ -71,7 +74,7 @@ fn each_token(
     seqs: &[Vec<u32>],
     site: Option<Site>,
     hooks: &dyn Fn() -> HookSet,
-    f: &mut dyn FnMut(Option<&[f32]>, &[f32]),
+    f: &mut TokenFn,
 ) -> Result<()> {
     for chunk in seqs.chunks(8) {
         let mut h = hooks();

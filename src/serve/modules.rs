@@ -126,7 +126,11 @@ pub(super) async fn module(State(s): State<Shared>, UrlPath(id): UrlPath<String>
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["id"].to_string() == id || m["id"].as_str() == Some(id.as_str()))
+        .find(|m| {
+            // ids are numbers in modules.json; a string id is accepted too
+            m["id"].as_u64().is_some_and(|n| id.parse() == Ok(n))
+                || m["id"].as_str() == Some(id.as_str())
+        })
         .map(|m| Json(m.clone()))
         .ok_or_else(|| ApiError::not_found(format!("no module `{id}`")))
 }
