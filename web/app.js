@@ -506,6 +506,7 @@ async function main() {
   const navKey = p.startsWith("/search") ? "search" : p.startsWith("/localize") ? "localize" : p === "/neuro" ? "neuro" : p === "/patch" ? "patch" : p === "/" ? "overview" : "";
   const navExperts = p === "/experts" || p.startsWith("/expert/"); // experts.js
   expertsNav(); // experts.js
+  modulesNav(); // modules.js
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === navKey || (navExperts && a.dataset.nav === "experts")));
   try {
     if (p === "/") { await overview(); await expertsOverview(); }
@@ -516,6 +517,10 @@ async function main() {
     else if (p === "/patch") patchPage();
     else if (p === "/experts") await expertMapPage(); // experts.js
     else if (p.startsWith("/expert/")) await expertPage(decodeURIComponent(p.slice("/expert/".length))); // experts.js
+    else if (p === "/modules") await modulesPage(); // modules.js
+    else if (p.startsWith("/module/")) await modulePage(decodeURIComponent(p.slice("/module/".length))); // modules.js
+    else if (p === "/components") await componentsPage(); // modules.js
+    else if (p.startsWith("/component/")) await componentPage(decodeURIComponent(p.slice("/component/".length))); // modules.js
     else $app.replaceChildren(el("h1", {}, "Not found"));
   } catch (e) { $app.append(errorBox(e)); }
   document.body.dataset.ready = "1";

@@ -69,6 +69,9 @@ pub struct DecomposeResult {
     pub kmeans_heldout_r2: f64,
     pub min_coefficient: f32,
     pub components: Vec<Component>,
+    /// Component against difference-in-means steering (`--concept`; filled by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steering: Option<super::steering::Steering>,
     /// F [d, k] (column K is component K), for writing.
     #[serde(skip)]
     pub f: Vec<f32>,
@@ -356,6 +359,7 @@ pub fn decompose(
         kmeans_heldout_r2,
         min_coefficient,
         components,
+        steering: None,
         f: f.flatten_all()?.to_vec1()?,
         d,
     })

@@ -22,4 +22,5 @@ pub mod patch;
 pub mod responses;
 pub mod sparsity;
 pub mod stats;
+pub mod steering;
 pub mod tune;

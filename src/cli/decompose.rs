@@ -1,14 +1,18 @@
 //! `ftri decompose`: semi-NMF of one site's activations into components (see
-//! `analyze::decompose`); writes the components F [d, k] to safetensors.
+//! `analyze::decompose`); writes the components F [d, k] to safetensors and the report (components
+//! as units, steering) as JSON next to it (`F.json`), which `serve --decomposition` reads.
+//! `--concept` adds component against difference-in-means steering (`analyze::steering`).
 
 use super::modules::{run_with_bar, CorpusArgs};
 use super::ModelArgs;
 use crate::analyze::decompose::{decompose, DecomposeRequest, DecomposeResult};
+use crate::analyze::describe::write_matrix;
+use crate::analyze::steering::steer;
 use crate::error::user_error;
 use crate::model::Model;
-use crate::output::write_safetensors;
+use crate::output::{to_pretty_json, write_atomic, write_safetensors};
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +40,16 @@ pub struct DecomposeArgs {
     pub top: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Steer with a component and with difference-in-means on a concept: target and control
+    /// stimuli files, one per line (see README: decompose)
+    #[arg(long, num_args = 2, value_names = ["TARGET", "CONTROL"])]
+    pub concept: Option<Vec<PathBuf>>,
+    /// The component to steer with (default: the one most aligned with the concept)
+    #[arg(long)]
+    pub component: Option<usize>,
+    /// Steering scales, multiples of the concept's mean MLP-output difference
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1.0f32, 2.0, 4.0, 8.0])]
+    pub scales: Vec<f32>,
     /// Output safetensors: `F` [d, k] (column K is component L.cK)
     #[arg(long)]
     pub out: PathBuf,
@@ -68,13 +82,50 @@ pub fn compute(
         top: a.top,
         seed: a.seed,
     };
-    let r = decompose(m, &req, progress)?;
+    if a.scales.is_empty() || a.scales.iter().any(|s| !s.is_finite()) {
+        return Err(user_error("--scales: finite numbers, comma separated"));
+    }
+    // a missing stimulus file is found before the (long) fit, not after
+    for p in a.concept.iter().flatten() {
+        if !p.is_file() {
+            return Err(user_error(format!(
+                "--concept {}: no such file",
+                p.display()
+            )));
+        }
+    }
+    if a.component.is_some() && a.concept.is_none() {
+        return Err(user_error("--component needs --concept TARGET CONTROL"));
+    }
+    let mut r = decompose(m, &req, progress)?;
+    if let (Some(c), Some(layer)) = (&a.concept, site.layer()) {
+        let w = write_matrix(m, layer)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        r.steering = Some(steer(
+            m,
+            layer,
+            &r.f,
+            r.k,
+            &w,
+            (&c[0], &c[1]),
+            a.component,
+            &a.scales,
+            5,
+        )?);
+    }
     let f = Tensor::from_vec(r.f.clone(), (r.d, r.k), &Device::Cpu)?;
     let meta = HashMap::from([
         ("site".to_string(), r.site.clone()),
         ("model".to_string(), m.id.clone()),
     ]);
     write_safetensors(&a.out, &[("F".to_string(), f)], Some(meta))?;
+    // the components as units (top contexts, promotes) next to F, for `serve --decomposition`
+    let text = to_pretty_json(&r)?;
+    write_atomic(&a.out.with_extension("json"), |tmp| {
+        std::fs::write(tmp, &text)?;
+        Ok(())
+    })?;
     Ok(r)
 }
 
@@ -106,5 +157,23 @@ fn print_table(r: &DecomposeResult) {
             .map(|t| format!("{:?}", t.token))
             .collect();
         println!("{:>8}  {:<40} {}", c.id, top.join(" "), pro.join(" "));
+    }
+    if let Some(s) = &r.steering {
+        println!(
+            "steering toward {:?} on {} held-out control prompts: component {} (cosine with diff-in-means {:.3})",
+            s.concept_tokens, s.heldout_prompts, s.component, s.cosine
+        );
+        println!(
+            "{:>8}  {:>12}  {:>14}",
+            "scale", "component", "diff-in-means"
+        );
+        for ((sc, c), d) in s
+            .scales
+            .iter()
+            .zip(&s.component_effect)
+            .zip(&s.diff_means_effect)
+        {
+            println!("{sc:>8}  {c:>+12.3}  {d:>+14.3}");
+        }
     }
 }

@@ -119,6 +119,8 @@ fn serve(atlas: &Path, a: &DemoArgs) -> Result<()> {
         threads: a.threads,
         host: a.host.clone(),
         port: a.port,
+        modules: None,
+        decomposition: None,
         jobs: Default::default(),
     })
 }

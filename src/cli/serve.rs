@@ -2,6 +2,7 @@
 
 use crate::atlas::Atlas;
 use crate::error::user_error;
+use crate::serve::modules::{load_decomposition, load_modules, modules_next_to, Extras};
 use crate::serve::{serve, AppState, Limits};
 use anyhow::Result;
 use clap::Args;
@@ -33,6 +34,12 @@ pub struct ServeArgs {
     /// Port (0 = any free port; the address is printed on stderr)
     #[arg(long, default_value_t = 7878)]
     pub port: u16,
+    /// Modules to show (`ftri modules --out DIR`); default ATLAS/modules when it exists
+    #[arg(long)]
+    pub modules: Option<PathBuf>,
+    /// Components to show: the F.safetensors of `ftri decompose --out` (reads F.json next to it)
+    #[arg(long)]
+    pub decomposition: Option<PathBuf>,
     #[command(flatten)]
     pub jobs: JobArgs,
 }
@@ -80,6 +87,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ))
         })?;
     let atlas = Atlas::open(&a.atlas)?;
+    // read before the model loads: a bad file is reported at once
+    let extras = Extras {
+        modules: match a.modules.clone().or_else(|| modules_next_to(&a.atlas)) {
+            Some(d) => Some(load_modules(&d)?),
+            None => None,
+        },
+        decomposition: match &a.decomposition {
+            Some(f) => Some(load_decomposition(f)?),
+            None => None,
+        },
+    };
     let model = match &a.model {
         Some(m) => Some(
             super::ModelArgs {
@@ -94,6 +112,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let mut state = AppState::new(atlas, model)?;
     state.loopback_only = host.is_loopback();
+    state.extras = extras;
     state.limits = Limits {
         max_jobs: a.jobs.max_jobs,
         max_queued: a.jobs.max_queued,

@@ -37,6 +37,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_str!("../../web/experts.js"),
     },
     Asset {
+        name: "modules.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/modules.js"),
+    },
+    Asset {
         name: "style.css",
         content_type: "text/css; charset=utf-8",
         body: include_str!("../../web/style.css"),

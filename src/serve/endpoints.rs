@@ -37,6 +37,8 @@ pub(super) async fn info(State(s): State<Shared>) -> ApiResult {
         "windows": m.counts.windows,
         "tokenizer": s.tok.is_some(),
         "loaded_model": s.model_id,
+        "modules": s.extras.modules.is_some(),
+        "components": s.extras.decomposition.is_some(),
         "limits": {
             "max_body_bytes": s.limits.max_body,
             "max_chars": s.limits.max_chars,

@@ -17,6 +17,7 @@ mod endpoints;
 mod experts;
 mod heads;
 pub mod jobs;
+pub mod modules;
 mod patching;
 pub mod runs;
 pub mod search;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub(crate) index: OnceLock<Arc<search::Index>>,
     /// Loopback-only Host headers (DNS-rebinding guard) when bound to a loopback address.
     pub loopback_only: bool,
+    /// Modules and decomposition components loaded at start (`modules`).
+    pub extras: modules::Extras,
 }
 
 pub type Shared = Arc<AppState>;
@@ -166,6 +169,7 @@ impl AppState {
             jobs: OnceLock::new(),
             index: OnceLock::new(),
             loopback_only: true,
+            extras: modules::Extras::default(),
         })
     }
 

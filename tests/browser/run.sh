@@ -114,5 +114,28 @@ if [ -n "${FTRI_PLANTED:-}" ]; then
   echo "heads server at $url_heads (pid $pid_heads)"
   FTRI_URL="$url_heads" CHROMIUM="$chromium" node "$here/patch.mjs" "$art" || status=$?
 fi
+
+# Modules and decomposition components (modules.mjs), on the planted model made above.
+if [ -n "${FTRI_PLANTED:-}" ] && [ -n "$model" ]; then
+  "$bin" modules --model "$model" --corpus "$work/corpus.txt" --layers 1 --k 4 \
+    --out "$work/modules" >/dev/null 2>&1 || die "ftri modules failed"
+  "$bin" decompose --model "$model" --corpus "$work/corpus.txt" --site blocks.1.mlp.hook_post \
+    --k 6 --out "$work/F.safetensors" >/dev/null 2>&1 || die "ftri decompose failed"
+  "$bin" serve --atlas "$atlas" --modules "$work/modules" --decomposition "$work/F.safetensors" \
+    --host 127.0.0.1 --port 0 2>"$work/serve-mod.log" &
+  pid_mod=$!
+  trap 'kill "$pid_mod" 2>/dev/null || true; cleanup' EXIT
+  url_mod=""
+  for _ in $(seq 1 600); do
+    url_mod="$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$work/serve-mod.log" | head -n1 || true)"
+    [ -n "$url_mod" ] && break
+    kill -0 "$pid_mod" 2>/dev/null || { cat "$work/serve-mod.log" >&2; die "the modules server exited"; }
+    sleep 0.1
+  done
+  [ -n "$url_mod" ] || die "the modules server did not start"
+  echo "modules server at $url_mod (pid $pid_mod)"
+  FTRI_URL="$url_mod" CHROMIUM="$chromium" node "$here/modules.mjs" "$art" || status=$?
+  kill "$pid_mod" 2>/dev/null || true
+fi
 echo "screenshots in $art"
 exit "$status"
