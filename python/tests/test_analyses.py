@@ -189,6 +189,17 @@ def test_decompose(llama, d, tmp_path):
     assert str(e.value) == msg
 
 
+def test_decompose_steering(llama, d, tmp_path):
+    (tmp_path / "t.txt").write_text("the dog barked\na puppy ran\nmy dog sleeps\n")
+    (tmp_path / "c.txt").write_text("in 1999 a bridge\n12 pears cost $4\nthe year 2001\npay 3 dollars\n")
+    flags = ["--site", "blocks.1.mlp.hook_post", "--k", "4", "--iterations", "20", "--scales", "1,2"]
+    want = cli_json("decompose", "--model", LLAMA, "--corpus", d / "corpus.txt", *CORPUS_FLAGS, *flags,
+                    "--concept", tmp_path / "t.txt", tmp_path / "c.txt", "--out", tmp_path / "f.safetensors")
+    got = ftri.decompose(llama, d / "corpus.txt", "blocks.1.mlp.hook_post", k=4, iterations=20, ctx=16,
+                         max_tokens=600, scales=[1, 2], concept=(tmp_path / "t.txt", tmp_path / "c.txt"))
+    assert got["steering"] == want["steering"] and len(want["steering"]["component_effect"]) == 2
+
+
 def test_celltypes(llama, d, tmp_path):
     ftri.record(llama, d / "corpus.txt", tmp_path / "atlas", progress=False, ctx=16, top_k=5)
     want = cli_json("celltypes", "--atlas", tmp_path / "atlas", "--k", "3")

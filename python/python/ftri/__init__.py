@@ -370,6 +370,9 @@ def _flags(opts):
         elif k == "corpus":
             for c in [v] if isinstance(v, (str, _os.PathLike)) else v:
                 argv.append(f"{flag}={_path(c)}")
+        elif k == "concept":
+            # two values (target file, control file) after one flag
+            argv += [flag, *(str(_path(x)) for x in v)]
         else:
             if k == "layers":
                 v = _layers(v)
@@ -763,12 +766,16 @@ def decompose(
     ctx=128,
     batch=8,
     max_tokens=None,
+    concept=None,
+    component=None,
+    scales=None,
     as_frame=True,
     progress=True,
 ):
     """``ftri decompose --json``: semi-NMF of an MLP layer's activations into ``k`` components.
-    ``out`` also keeps the ``F`` matrix as safetensors. With ``as_frame`` the ``components`` are a
-    DataFrame."""
+    ``out`` also keeps the ``F`` matrix as safetensors. ``concept=(target_file, control_file)``
+    adds steering with a component (``component``, default the most aligned) against
+    difference-in-means at ``scales``. With ``as_frame`` the ``components`` are a DataFrame."""
     opts = dict(
         corpus=corpus,
         text_field=text_field,
@@ -781,6 +788,9 @@ def decompose(
         tolerance=tolerance,
         top=top,
         seed=seed,
+        concept=concept,
+        component=component,
+        scales=scales,
     )
     return _corpus_verb(
         "decompose",
