@@ -14,8 +14,7 @@ use ftri::model::{ExpertHook, HookSet, LoadOptions, Model, Site, SiteKind};
 use ftri::serve::AppState;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -521,39 +520,10 @@ fn serve(dir: &Path) -> SocketAddr {
     rx.recv().unwrap()
 }
 
-/// GET `path`: (status, body). Bodies here are small and not chunked beyond one read.
+/// GET `path`: (status, body).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (n, after) = rest.split_once("\r\n").unwrap();
-            let n = usize::from_str_radix(n.trim(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    (status, body)
+    let r = common::http::get(addr, path);
+    (r.status, r.text())
 }
 
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {

@@ -420,25 +420,10 @@ fn cli_json_csv_and_bad_input() {
     }
 }
 
-/// One HTTP/1.1 request over a raw socket (`Connection: close`): (status, body).
+/// One HTTP/1.1 request: (status, body).
 fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        req += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        );
-    }
-    req += "\r\n";
-    req += body.unwrap_or("");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    let r = common::http::raw(addr, method, path, "127.0.0.1", body.map(str::as_bytes));
+    (r.status, r.text())
 }
 
 #[test]

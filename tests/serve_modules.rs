@@ -3,16 +3,17 @@
 //! a checkpoint with a planted neuron 1.5 (fires on dog/puppy, writes bark). Also: the flags'
 //! bad input is a one-line user error (exit 2), and a server without them answers 404 JSON.
 
+mod common;
+
+use common::http::get;
 use ftri::atlas::Atlas;
 use ftri::serve::modules::{load_decomposition, load_modules, Extras};
 use ftri::serve::{AppState, Limits};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 fn ftri(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ftri"))
@@ -155,77 +156,6 @@ fn server(extras: bool) -> SocketAddr {
     } else {
         *WITHOUT.get_or_init(|| start(false))
     }
-}
-
-struct Resp {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{e}: not JSON ({}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request, the path sent byte for byte as given.
-fn raw(addr: SocketAddr, method: &str, path: &str, host: &str, body: Option<&[u8]>) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        req += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        );
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    if let Some(b) = body {
-        // the server may answer (413) and close before reading everything
-        let _ = s.write_all(b);
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no header end");
-    let headers = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status: u16 = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = buf[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
-            rest = &rest[nl + 4 + n..];
-        }
-        body = out;
-    }
-    Resp { status, body }
-}
-
-fn get(addr: SocketAddr, path: &str) -> Resp {
-    raw(addr, "GET", path, "127.0.0.1", None)
 }
 
 #[test]

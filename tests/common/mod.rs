@@ -110,6 +110,7 @@ pub fn close_within(actual: &Tensor, expected: &Tensor, rel_tol: f32) -> (f32, f
 }
 
 pub mod copy_head;
+pub mod http;
 pub mod planted;
 
 /// Run the ftri binary: (exit code, stdout, stderr). Fails the test if it panicked.
