@@ -5,55 +5,11 @@
 // position picker redraws it, a head cell opens /neuron/L.hH, and that page shows the head's
 // attention pattern on its top examples (GET /api/neuron/L.hH/pattern).
 // Usage: FTRI_URL=http://127.0.0.1:PORT/ node patch.mjs [ARTIFACT_DIR]
-import { chromium } from "playwright-core";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
+import { run } from "./harness.mjs";
 
-const base = (process.env.FTRI_URL || "").replace(/\/$/, "");
-if (!base) {
-  console.error("FTRI_URL is not set (the server's base URL)");
-  process.exit(2);
-}
-const art = path.resolve(process.argv[2] || "target/browser-artifacts");
-fs.mkdirSync(art, { recursive: true });
-const exe = process.env.CHROMIUM || "/usr/bin/chromium";
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "ftri-chromium-"));
-
-let passed = 0;
-let failed = 0;
-const problems = [];
-function check(cond, what) {
-  if (cond) {
-    passed++;
-    console.log(`ok   ${what}`);
-  } else {
-    failed++;
-    console.log(`FAIL ${what}`);
-    throw new Error(what);
-  }
-}
-const getJSON = async (p) => (await fetch(base + p)).json();
-
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: exe,
-  headless: true,
-  viewport: { width: 1280, height: 860 },
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const page = context.pages()[0] || (await context.newPage());
-page.setDefaultTimeout(30000);
-page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-page.on("console", (m) => { if (m.type() === "error") problems.push(`console error: ${m.text()}`); });
-page.on("request", (r) => {
-  if (!r.url().startsWith(base) && !r.url().startsWith("data:")) problems.push(`off-site request: ${r.url()}`);
-});
-const shot = (name) => page.screenshot({ path: path.join(art, name), fullPage: true });
 const num = async (loc) => Number((await loc.textContent()).trim());
 
-let code = 0;
-try {
+await run("patch, heads", async ({ base, page, check, shot, getJSON, problems }) => {
   const info = await getJSON("/api/info");
   const layers = 2;
   const heads = 4;
@@ -115,13 +71,4 @@ try {
 
   problems.splice(0, problems.length, ...problems.filter((p) => !/404|Failed to load resource/.test(p)));
   check(problems.length === 0, `no page errors or off-site requests${problems.length ? ": " + problems.join("; ") : ""}`);
-} catch (e) {
-  console.error(String(e && e.stack ? e.stack : e));
-  try { await shot("patch-failure.png"); } catch (_) { /* page gone */ }
-  code = 1;
-} finally {
-  await context.close();
-  fs.rmSync(profile, { recursive: true, force: true });
-}
-console.log(`browser (patch, heads): ${passed} passed, ${failed} failed`);
-process.exit(code || (failed ? 1 : 0));
+});
